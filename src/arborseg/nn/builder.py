@@ -1,0 +1,97 @@
+"""ModuleTree -> torch.nn.Module, with the windows it accepts, its size and its cost."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from arborseg.errors import WindowError
+from arborseg.nn.blocks import BuildContext
+from arborseg.tree import ModuleTree
+
+
+def window_multiple(tree: ModuleTree) -> tuple[int, int, int]:
+    """Each axis of a valid window must be a multiple of this (from the encoder-decoders' poolings)."""
+    mz = mxy = 1
+    for node in tree.root.walk():
+        if node.type == "encoder_decoder":
+            factor = 2 ** (node.get("depth", 1) - 1)
+            mxy = math.lcm(mxy, factor)
+            if node.get("dims") == "3d":
+                mz = math.lcm(mz, factor)
+    return mz, mxy, mxy
+
+
+def check_window(tree: ModuleTree, window: tuple[int, int, int]) -> None:
+    """Raise :class:`WindowError` with a suggestion when ``window`` (z, y, x) does not fit the tree."""
+    if len(window) != 3 or any(int(v) < 1 for v in window):
+        raise WindowError(f"window must be three positive sizes (z, y, x), got {tuple(window)}")
+    multiple = window_multiple(tree)
+    small = [axis for axis, size, m in zip("zyx", window, multiple) if m > 1 and size < 2 * m]
+    if small:
+        minimum = tuple(2 * m if m > 1 else s for s, m in zip(window, multiple))
+        raise WindowError(
+            f"window {tuple(window)} is too small for {tree.name}: the bottleneck of its encoder-decoder must keep "
+            f"at least 2 voxels along {', '.join(small)}; use at least {minimum}")
+    bad = [axis for axis, size, m in zip("zyx", window, multiple) if size % m]
+    if bad:
+        fixed = tuple(max(m, int(round(s / m)) * m) for s, m in zip(window, multiple))
+        raise WindowError(
+            f"window {tuple(window)} does not fit {tree.name}: {', '.join(bad)} must be multiples of "
+            f"{dict(zip('zyx', multiple))} (the encoder-decoder pools {int(math.log2(max(multiple)))} times); "
+            f"try {fixed}")
+
+
+class ArborNet(nn.Module):
+    """The network of a module tree: (N, 1, Z, Y, X) -> logits (N, n_classes, Z, Y, X)."""
+
+    def __init__(self, tree: ModuleTree, n_classes: int, in_channels: int = 1) -> None:
+        super().__init__()
+        self.tree = tree
+        self.n_classes = n_classes
+        self.in_channels = in_channels
+        self.multiple = window_multiple(tree)
+        self.body, out = BuildContext(n_classes).build(tree.root, in_channels)
+        assert out == n_classes, f"network ends with {out} channels, expected {n_classes}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise WindowError(f"{self.tree.name} expects input (N, {self.in_channels}, Z, Y, X), got {tuple(x.shape)}")
+        if any(s % m or (m > 1 and s < 2 * m) for s, m in zip(x.shape[2:], self.multiple)):
+            check_window(self.tree, tuple(x.shape[2:]))
+        return self.body(x)
+
+
+def build_network(tree: ModuleTree, n_classes: int, in_channels: int = 1) -> ArborNet:
+    """Build the PyTorch network of ``tree`` for ``n_classes`` output classes."""
+    return ArborNet(tree, n_classes, in_channels)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, window: tuple[int, int, int], in_channels: int = 1) -> int:
+    """Floating-point operations of one forward pass over one window (PyTorch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, in_channels, *window))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def network_summary(tree: ModuleTree, n_classes: int = 2, window: tuple[int, int, int] | None = None) -> dict:
+    """Parameters and FLOPs per voxel of the tree's network for ``window`` (default: its own)."""
+    window = tuple(window or tree.window)
+    check_window(tree, window)
+    model = build_network(tree, n_classes)
+    flops = count_flops(model, window)
+    return {"params": count_parameters(model), "flops": flops, "flops_per_voxel": flops / math.prod(window),
+            "window": list(window)}

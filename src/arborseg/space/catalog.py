@@ -1,0 +1,179 @@
+"""The catalogue of module types a search space may use, and their hyperparameters.
+
+This file describes modules without importing torch; ``arborseg.nn.blocks`` registers one
+builder per type named here (a test checks both lists agree). To add a module type, add a
+:class:`ModuleSpec` with :func:`register_module_spec` and a builder with
+``arborseg.nn.blocks.register_builder``.
+
+A hyperparameter is *structural* when it changes the tree (which module, depth, number of
+blocks, layers or branches, dimensionality) and *refinable* when it does not (widths, kernel
+z, norms, activations, dropout, learning rate, ...). Optuna refines only refinable ones.
+
+*Inherited* hyperparameters may be set on any node: they apply to all descendants unless a
+descendant overrides them (or adjusts them with ``{times: f}``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DIMS = ("2d", "thin3d", "3d")
+NORMS = ("instance", "batch", "group", "none")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One hyperparameter: its type, default, allowed values and whether it is structural."""
+
+    name: str
+    kind: type  # int, float, str or bool
+    default: Any
+    structural: bool = False
+    options: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    doc: str = ""
+
+    def check(self, value: Any) -> str | None:
+        """Return why ``value`` is not allowed, or None when it is."""
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if self.kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, self.kind) or (self.kind is not bool and isinstance(value, bool)):
+            return f"expected {self.kind.__name__}, got {type(value).__name__} {value!r}"
+        if self.options is not None and value not in self.options:
+            return f"{value!r} is not one of {list(self.options)}"
+        if self.low is not None and value < self.low:
+            return f"{value!r} is below the minimum {self.low}"
+        if self.high is not None and value > self.high:
+            return f"{value!r} is above the maximum {self.high}"
+        return None
+
+    def coerce(self, value: Any) -> Any:
+        if self.kind is float and not isinstance(value, bool):
+            return float(value)
+        if self.kind is int and isinstance(value, float):
+            return int(round(value))
+        return value
+
+
+INHERITED: dict[str, ParamSpec] = {
+    p.name: p
+    for p in [
+        ParamSpec("dims", str, "2d", structural=True, options=DIMS,
+                  doc="2d: per slice; thin3d: kernel z of kernel_z, never pools z; 3d: k x k x k"),
+        ParamSpec("kernel_z", int, 3, options=(1, 3), doc="z extent of thin-3D kernels"),
+        ParamSpec("kernel_size", int, 3, options=(1, 3, 5, 7), doc="xy (and 3d z) kernel extent"),
+        ParamSpec("width", int, 16, low=1, high=1024, doc="output channels"),
+        ParamSpec("norm", str, "instance", options=NORMS),
+        ParamSpec("activation", str, "leaky_relu", options=ACTIVATIONS),
+        ParamSpec("separable", bool, False, structural=True, doc="depthwise-separable convolutions"),
+        ParamSpec("dropout", float, 0.0, low=0.0, high=0.9),
+    ]
+}
+
+CONV_INHERITED = ("dims", "kernel_z", "kernel_size", "width", "norm", "activation", "separable", "dropout")
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """A module type: its own hyperparameters, the inherited ones it uses, and its children."""
+
+    name: str
+    doc: str
+    params: tuple[ParamSpec, ...] = ()
+    inherited: tuple[str, ...] = ()
+    children: str | None = None  # None, "children" (list), "branches" (list) or "body" (one node)
+    produces_classes: bool = False  # the output has one channel per class
+    needs_classes: bool = False  # the input must have one channel per class
+    param_index: dict[str, ParamSpec] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        index = {p.name: p for p in self.params}
+        index.update({name: INHERITED[name] for name in self.inherited})
+        object.__setattr__(self, "param_index", index)
+
+    def param(self, name: str) -> ParamSpec:
+        return self.param_index[name]
+
+
+MODULE_SPECS: dict[str, ModuleSpec] = {}
+
+
+def register_module_spec(spec: ModuleSpec) -> ModuleSpec:
+    """Add a module type to the catalogue (names must be unique)."""
+    if spec.name in MODULE_SPECS:
+        raise ValueError(f"module type {spec.name!r} is already registered")
+    MODULE_SPECS[spec.name] = spec
+    return spec
+
+
+def _p(name: str, kind: type, default: Any, **kw: Any) -> ParamSpec:
+    return ParamSpec(name, kind, default, **kw)
+
+
+for _spec in [
+    ModuleSpec("sequence", "children applied one after another", children="children"),
+    ModuleSpec("parallel", "branches applied to the same input, merged",
+               params=(_p("merge", str, "concat", structural=True, options=("concat", "add")),),
+               children="branches"),
+    ModuleSpec("residual", "body(x) + x (1x1 projection when widths differ)", inherited=("dims",),
+               children="body"),
+    ModuleSpec("repeat", "the body repeated `times` times (each copy sampled on its own)",
+               params=(_p("times", int, 2, structural=True, low=1, high=16),), children="body"),
+    ModuleSpec("identity", "passes its input through (e.g. a skip branch in `parallel`)"),
+    ModuleSpec("conv_block", "convolution -> norm -> activation (-> dropout), `layers` times",
+               params=(_p("layers", int, 2, structural=True, low=1, high=8),),
+               inherited=CONV_INHERITED),
+    ModuleSpec("dilated_block", "convolutions whose xy dilation grows per layer (1, g, g^2, ...)",
+               params=(_p("layers", int, 3, structural=True, low=1, high=8),
+                       _p("dilation_growth", int, 2, low=1, high=4)),
+               inherited=CONV_INHERITED),
+    ModuleSpec("encoder_decoder", "a U-Net: `depth` resolution levels, xy pooling, skip connections",
+               params=(_p("depth", int, 4, structural=True, low=1, high=6),
+                       _p("blocks_per_level", int, 1, structural=True, low=1, high=4),
+                       _p("layers_per_block", int, 2, structural=True, low=1, high=4),
+                       _p("width_growth", float, 2.0, low=1.0, high=3.0),
+                       _p("pooling", str, "max", structural=True, options=("max", "strided")),
+                       _p("upsampling", str, "transposed", structural=True,
+                          options=("transposed", "interpolate")),
+                       _p("skip_merge", str, "concat", structural=True, options=("concat", "add"))),
+               inherited=CONV_INHERITED),
+    ModuleSpec("spatial_pyramid", "parallel dilated branches (rates 1, base, base^2, ...) merged",
+               params=(_p("branches", int, 4, structural=True, low=1, high=6),
+                       _p("dilation_base", int, 2, low=2, high=6),
+                       _p("image_pooling", bool, False, structural=True),
+                       _p("merge", str, "concat", structural=True, options=("concat", "add"))),
+               inherited=CONV_INHERITED),
+    ModuleSpec("predictor", "1x1 convolution to one channel per class",
+               produces_classes=True),
+    ModuleSpec("crf3d", "CRF-as-RNN refinement: mean-field iterations with learnable spatial and "
+               "compatibility kernels (spatial-only approximation of Zheng et al. 2015)",
+               params=(_p("iterations", int, 5, low=1, high=10),
+                       _p("spatial_kernel", int, 5, options=(3, 5, 7)),
+                       _p("spatial_sigma", float, 1.0, low=0.25, high=4.0)),
+               produces_classes=True, needs_classes=True),
+]:
+    register_module_spec(_spec)
+
+TRAINING_PARAMS: dict[str, ParamSpec] = {
+    p.name: p
+    for p in [
+        _p("lr", float, 1e-3, low=1e-6, high=1.0),
+        _p("weight_decay", float, 1e-5, low=0.0, high=1.0),
+        _p("optimizer", str, "adamw", options=("adam", "adamw")),
+        _p("schedule", str, "cosine", options=("cosine", "constant", "onecycle")),
+        _p("batch_size", int, 4, low=1, high=256),
+        _p("dice_weight", float, 0.0, low=0.0, high=10.0),
+        _p("foreground_bias", float, 0.3, low=0.0, high=1.0),
+        _p("class_weighting", str, "inverse_sqrt", options=("none", "inverse", "inverse_sqrt")),
+    ]
+}
+
+WINDOW_PARAMS: dict[str, ParamSpec] = {
+    "z": _p("z", int, 1, low=1, high=64),
+    "xy": _p("xy", int, 64, low=8, high=1024),
+}

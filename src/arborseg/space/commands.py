@@ -1,0 +1,76 @@
+"""What `arborseg space validate|sample|show` do (kept out of cli.py so it stays a thin shell)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from arborseg.log import get_logger
+from arborseg.space.loader import load_space
+from arborseg.tree import ModuleTree
+
+log = get_logger(__name__)
+
+
+def validate(path: str) -> str:
+    space = load_space(path)
+    hps = space.hyperparameters()
+    n_struct = sum(1 for _, s in hps if s)
+    return (f"ok: {Path(path).name}: space {space.name!r}, {len(hps)} hyperparameters "
+            f"({n_struct} structural, {len(hps) - n_struct} refinable)")
+
+
+def sample_distinct(path: str, n: int, seed: int, max_tries: int = 50) -> list[ModuleTree]:
+    """Sample ``n`` distinct trees; tree i uses the i-th child of SeedSequence(seed)."""
+    space = load_space(path)
+    trees: list[ModuleTree] = []
+    seen: set[str] = set()
+    children = np.random.SeedSequence(seed).spawn(n * max_tries)
+    for child in children:
+        tree = space.sample(np.random.default_rng(child))
+        if tree.id in seen:
+            continue
+        seen.add(tree.id)
+        trees.append(tree)
+        if len(trees) == n:
+            break
+    if len(trees) < n:
+        log.warning("the space %s has only %d distinct trees within %d draws", space.name, len(trees), len(children))
+    return trees
+
+
+def summary_line(tree: ModuleTree, n_classes: int) -> str:
+    from arborseg.nn import network_summary
+
+    s = network_summary(tree, n_classes)
+    return (f"{tree.name:28s} id={tree.id[:12]}  family={tree.family:11s} params={s['params']:>10,d}  "
+            f"FLOPs/voxel={s['flops_per_voxel']:>12,.0f}  window={tree.window[0]}x{tree.window[1]}x{tree.window[2]}")
+
+
+def sample(path: str, n: int, seed: int, out: str, n_classes: int, pictures: bool = True) -> list[str]:
+    from arborseg.treeplot import draw_tree
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, tree in enumerate(sample_distinct(path, n, seed)):
+        stem = out_dir / f"{i:03d}_{tree.name}"
+        tree.save(stem.with_suffix(".yaml"))
+        if pictures:
+            draw_tree(tree, stem.with_suffix(".png"))
+        lines.append(summary_line(tree, n_classes))
+    return lines
+
+
+def show(path: str, out: str | None, n_classes: int) -> tuple[str, Path]:
+    from arborseg.nn import network_summary
+    from arborseg.treeplot import draw_tree
+
+    tree = ModuleTree.load(path)
+    s = network_summary(tree, n_classes)
+    text = tree.describe() + (f"\nparams={s['params']:,d}  FLOPs/window={s['flops']:,d}  "
+                              f"FLOPs/voxel={s['flops_per_voxel']:,.0f}  (classes={n_classes})")
+    picture = Path(out) if out else Path(path).with_suffix(".png")
+    draw_tree(tree, picture)
+    return text, picture

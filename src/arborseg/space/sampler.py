@@ -1,0 +1,82 @@
+"""Sampling module trees from a :class:`~arborseg.space.loader.SearchSpace`.
+
+Inherited values flow from parents to children: a value set on a node (or in ``defaults``)
+applies to all descendants unless one overrides it or adjusts it with ``{times: f}``.
+``repeat`` nodes are expanded into a ``sequence`` of independently sampled copies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from arborseg.space.catalog import INHERITED, MODULE_SPECS, TRAINING_PARAMS, WINDOW_PARAMS
+from arborseg.space.loader import NodeSpec, OneOfSpec, SearchSpace
+from arborseg.space.values import Draw, RandomDraw, Times, Value
+from arborseg.tree import ModuleNode, ModuleTree
+
+
+def sample_tree(space: SearchSpace, seed_or_draw: Any = 0) -> ModuleTree:
+    """Draw one tree. ``seed_or_draw``: an int seed, a numpy Generator or a :class:`Draw`."""
+    draw = seed_or_draw if hasattr(seed_or_draw, "choice") and not isinstance(seed_or_draw, np.random.Generator) \
+        else RandomDraw(seed_or_draw)
+    window_z = _value(space.window["z"], "window.z", draw, WINDOW_PARAMS["z"].structural, None)
+    window_xy = _value(space.window["xy"], "window.xy", draw, WINDOW_PARAMS["xy"].structural, None)
+    training = {key: TRAINING_PARAMS[key].coerce(_value(v, f"training.{key}", draw, False, None))
+                for key, v in space.training.items()}
+    context: dict[str, Any] = {}
+    for key, value in space.defaults.items():
+        context[key] = INHERITED[key].coerce(_value(value, f"defaults.{key}", draw, INHERITED[key].structural,
+                                                    INHERITED[key].default))
+    root = _sample(space.root, draw, context)
+    record = getattr(draw, "record", {})
+    structural = sorted(getattr(draw, "structural", set()))
+    return ModuleTree(root, (int(window_z), int(window_xy), int(window_xy)), tuple(sorted(training.items())),
+                      space.name, tuple(record.items()), tuple(structural))
+
+
+def _value(value: Value, path: str, draw: Draw, structural: bool, inherited: Any) -> Any:
+    if isinstance(value, Times):
+        factor = value.sample(path, draw, structural)
+        return inherited * factor
+    return value.sample(path, draw, structural)
+
+
+def _sample(node: NodeSpec | OneOfSpec, draw: Draw, context: dict[str, Any]) -> ModuleNode:
+    if isinstance(node, OneOfSpec):
+        index = draw.choice(f"{node.path}.oneof", tuple(range(len(node.options))), True)
+        return _sample(node.options[int(index)], draw, context)
+    spec = MODULE_SPECS[node.type]
+    context = dict(context)
+    own: dict[str, Any] = {}
+    for key, value in node.values.items():
+        param = spec.param_index.get(key) or INHERITED[key]
+        default = context.get(key, param.default)
+        sampled = param.coerce(_value(value, f"{node.path}.{key}", draw, param.structural, default))
+        if param.kind is int and isinstance(value, Times):
+            sampled = max(1, sampled)
+        if key in INHERITED:
+            context[key] = sampled
+        if key in spec.param_index:
+            own[key] = sampled
+    params = {p.name: own.get(p.name, p.default) for p in spec.params}
+    params.update({name: context.get(name, INHERITED[name].default) for name in spec.inherited})
+    if node.type == "repeat":
+        copies = tuple(_sample(_prefixed(node.children[0], f"{node.path}.body[{i}]"), draw, context)
+                       for i in range(params["times"]))
+        return ModuleNode("sequence", (), copies)
+    children = tuple(_sample(child, draw, context) for child in node.children)
+    return ModuleNode(node.type, tuple(sorted(params.items())), children)
+
+
+def _prefixed(node: NodeSpec | OneOfSpec, prefix: str) -> NodeSpec | OneOfSpec:
+    """A copy of ``node`` whose paths start with ``prefix`` (each repeat copy gets its own draws)."""
+    old = node.path
+    def re(path: str) -> str:
+        return prefix + path[len(old):]
+    def rec(n: NodeSpec | OneOfSpec) -> NodeSpec | OneOfSpec:
+        if isinstance(n, OneOfSpec):
+            return OneOfSpec(tuple(rec(o) for o in n.options), re(n.path))
+        return NodeSpec(n.type, n.values, tuple(rec(c) for c in n.children), re(n.path))
+    return rec(node)
