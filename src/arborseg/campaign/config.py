@@ -1,0 +1,173 @@
+"""Campaign YAML: data, search space, budget, objective, sampler, pruner, executor, storage.
+
+::
+
+    name: quickstart
+    data: quickstart_data.yaml        # a data YAML (path) or the data mapping itself
+    space: ../search_spaces/quickstart.yaml
+    budget:
+      random_trees: 6                 # phase A: distinct random trees
+      refine_top: 2                   # phase B: the best trees ...
+      refine_trials: 3                # ... each refined by this many Optuna trials
+      steps: 150                      # train steps per trial
+      eval_every: 50                  # validation (and pruning report) interval
+    objective: {metric: fg_iou}       # direction inferred (fn_*/fp_* minimise), or give direction:
+    sampler: {name: tpe, seed: 0}     # tpe | cmaes | random (phase B)
+    pruner: {name: median, n_startup_trials: 2, n_warmup_steps: 50}   # median | successive_halving | hyperband | none
+    executor: {kind: local, workers: 2}   # debug | local | slurm (+ slurm options)
+    storage: sqlite                   # sqlite | journal | journal:/path | an SQLAlchemy URL
+    train: {seed: 0, fn_mode: 2d}     # TrainSettings (see arborseg.train)
+    retries: 0                        # re-run a failed trial this many times (cancelled, killed, ...)
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from arborseg.errors import CampaignError
+from arborseg.train import TrainSettings, minimise
+
+TOP_KEYS = ("name", "description", "data", "space", "budget", "objective", "sampler", "pruner", "executor",
+            "storage", "train", "retries", "seed")
+BUDGET_KEYS = {"random_trees": 8, "refine_top": 2, "refine_trials": 4, "steps": 200, "eval_every": 50}
+SAMPLERS = ("tpe", "cmaes", "random")
+PRUNERS = ("median", "successive_halving", "hyperband", "none")
+EXECUTORS = ("debug", "local", "slurm")
+
+
+def _suggest(word: str, valid) -> str:
+    close = difflib.get_close_matches(str(word), list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(valid)})"
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    name: str
+    source: Path
+    data: Any  # DataConfig
+    data_spec: Any  # the path or mapping as written (resolved path when a path)
+    space_path: Path
+    budget: dict[str, int]
+    objective: str
+    direction: str
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    executor: dict[str, Any]
+    storage: str
+    train: dict[str, Any]
+    retries: int = 0
+    seed: int = 0
+    description: str = ""
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def train_settings(self) -> TrainSettings:
+        settings = dict(self.train)
+        settings.setdefault("objective", self.objective)
+        settings["steps"] = self.budget["steps"]
+        settings["eval_every"] = self.budget["eval_every"]
+        return TrainSettings.from_dict(settings)
+
+    def with_overrides(self, executor: str | None = None, random_trees: int | None = None) -> "CampaignConfig":
+        from dataclasses import replace
+
+        out = self
+        if executor:
+            if executor not in EXECUTORS:
+                raise CampaignError(f"--executor {executor!r} is not one of {list(EXECUTORS)}")
+            out = replace(out, executor={**out.executor, "kind": executor})
+        return out
+
+
+def _resolve(path_text: str, base: Path, what: str, key: str, source: str) -> Path:
+    path = Path(path_text).expanduser()
+    candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path, *(p / path for p in base.parents)]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate.resolve()
+    raise CampaignError(f"{source}: {key}: {what} {path_text!r} not found (looked in {base} and {Path.cwd()})")
+
+
+def load_campaign(path: str | Path) -> CampaignConfig:
+    """Read and validate a campaign YAML file."""
+    from arborseg.data import DataConfig, load_data_config
+    from arborseg.space import load_space
+
+    path = Path(path)
+    if not path.is_file():
+        raise CampaignError(f"{path}: no such campaign file (see examples/quickstart.yaml)")
+    source = path.name
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CampaignError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CampaignError(f"{source}: expected a mapping with keys {list(TOP_KEYS)}")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise CampaignError(f"{source}: {key}: unknown key{_suggest(key, TOP_KEYS)}")
+    for key in ("name", "data", "space"):
+        if key not in raw:
+            raise CampaignError(f"{source}: {key}: missing required key")
+    name = raw["name"]
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ :"):
+        raise CampaignError(f"{source}: name: {name!r} must be a non-empty word (it names runs/<name>/)")
+    base = path.parent.resolve()
+
+    if isinstance(raw["data"], str):
+        data_path = _resolve(raw["data"], base, "data file", "data", source)
+        data = load_data_config(data_path)
+        data_spec: Any = str(data_path)
+    elif isinstance(raw["data"], dict):
+        data = DataConfig.from_dict(raw["data"], source=source, base_dir=base, key_prefix="data")
+        data_spec = raw["data"]
+    else:
+        raise CampaignError(f"{source}: data: expected a data YAML path or a data mapping")
+    space_path = _resolve(str(raw["space"]), base, "search space", "space", source)
+    load_space(space_path)  # validate now, not in a job
+
+    budget = dict(BUDGET_KEYS)
+    for key, value in (raw.get("budget") or {}).items():
+        if key not in BUDGET_KEYS:
+            raise CampaignError(f"{source}: budget.{key}: unknown key{_suggest(key, BUDGET_KEYS)}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CampaignError(f"{source}: budget.{key}: expected a non-negative integer, got {value!r}")
+        budget[key] = value
+    if budget["steps"] < 1 or budget["eval_every"] < 1:
+        raise CampaignError(f"{source}: budget.steps and budget.eval_every must be at least 1")
+
+    objective = raw.get("objective") or {}
+    if isinstance(objective, str):
+        objective = {"metric": objective}
+    metric = objective.get("metric", "fg_iou")
+    direction = objective.get("direction", "minimize" if minimise(metric) else "maximize")
+    if direction not in ("minimize", "maximize"):
+        raise CampaignError(f"{source}: objective.direction: {direction!r} must be minimize or maximize")
+    extra = set(objective) - {"metric", "direction"}
+    if extra:
+        raise CampaignError(f"{source}: objective: unknown keys {sorted(extra)} (valid: metric, direction)")
+
+    sampler = {"name": "tpe", **(raw.get("sampler") or {})}
+    if sampler["name"] not in SAMPLERS:
+        raise CampaignError(f"{source}: sampler.name: {sampler['name']!r}{_suggest(sampler['name'], SAMPLERS)}")
+    pruner = {"name": "median", **(raw.get("pruner") or {})}
+    if pruner["name"] not in PRUNERS:
+        raise CampaignError(f"{source}: pruner.name: {pruner['name']!r}{_suggest(pruner['name'], PRUNERS)}")
+    executor = {"kind": "local", **(raw.get("executor") or {})}
+    if executor["kind"] not in EXECUTORS:
+        raise CampaignError(f"{source}: executor.kind: {executor['kind']!r}{_suggest(executor['kind'], EXECUTORS)}")
+    train = dict(raw.get("train") or {})
+    try:
+        TrainSettings.from_dict({**train, "objective": metric})
+    except Exception as exc:  # noqa: BLE001 - reported as a campaign error
+        raise CampaignError(f"{source}: train: {exc}") from None
+    return CampaignConfig(name=name, source=path.resolve(), data=data, data_spec=data_spec, space_path=space_path,
+                          budget=budget, objective=metric, direction=direction, sampler=sampler, pruner=pruner,
+                          executor=executor, storage=str(raw.get("storage", "sqlite")), train=train,
+                          retries=int(raw.get("retries", 0)), seed=int(raw.get("seed", 0)),
+                          description=str(raw.get("description", "")), raw=raw)

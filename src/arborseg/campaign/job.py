@@ -1,0 +1,98 @@
+"""What runs inside a submitit job: one trial, trained and scored, never raising for a trial's own failure.
+
+The job returns ``{"state": COMPLETE|PRUNED|FAIL, ...}``. A NaN loss, out-of-memory or an
+exception in a module becomes a FAIL with its reason (the traceback goes to ``error.txt`` in the
+trial folder). Jobs killed or cancelled by the scheduler never return; the driver classifies
+those. The job is Checkpointable: when SLURM preempts it or its time runs out, submitit requeues
+it and it resumes from the trial folder's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from arborseg.errors import ArborsegError
+from arborseg.log import get_logger
+
+log = get_logger(__name__)
+
+
+class OptunaReporter:
+    """Reports intermediate validation values to the trial the driver asked for (in another process)."""
+
+    def __init__(self, storage_url: str, study_name: str, trial_id: int) -> None:
+        self.storage_url, self.study_name, self.trial_id = storage_url, study_name, trial_id
+        self._trial = None
+
+    def _attach(self):
+        if self._trial is None:
+            from arborseg.campaign.worker_trial import attach_trial
+
+            self._trial = attach_trial(self.storage_url, self.study_name, self.trial_id)
+        return self._trial
+
+    def report(self, step: int, value: float) -> bool:
+        trial = self._attach()
+        trial.report(float(value), step)
+        return bool(trial.should_prune())
+
+
+@dataclass
+class TrialJob(submitit.helpers.Checkpointable):
+    """Train and score one tree for one Optuna trial; artifacts go to ``out_dir``."""
+
+    storage_url: str
+    study_name: str
+    trial_id: int
+    tree_file: str
+    data: Any  # a data YAML path, or (mapping, base_dir)
+    settings: dict
+    out_dir: str
+    num_threads: int | None = None
+
+    def _load_data(self):
+        from arborseg.data import DataConfig, load_data_config
+
+        if isinstance(self.data, (list, tuple)):
+            mapping, base_dir = self.data
+            return DataConfig.from_dict(mapping, source="campaign", base_dir=base_dir, key_prefix="data",
+                                        check_labels=False)
+        return load_data_config(self.data, check_labels=False)
+
+    def __call__(self) -> dict[str, Any]:
+        from arborseg.train import TrainSettings, TrialPruned, train_and_score
+        from arborseg.tree import ModuleTree
+
+        out = Path(self.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out / "trial.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("arborseg")
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        if self.num_threads:
+            os.environ["OMP_NUM_THREADS"] = str(self.num_threads)
+        try:
+            settings = TrainSettings.from_dict({**self.settings, "num_threads": self.num_threads})
+            tree = ModuleTree.load(self.tree_file)
+            reporter = OptunaReporter(self.storage_url, self.study_name, self.trial_id)
+            result = train_and_score(tree, self._load_data(), settings, out, reporter, progress=False)
+            return {"state": "COMPLETE", "value": result["objective_value"], "result": result}
+        except TrialPruned as exc:
+            return {"state": "PRUNED", "reason": str(exc)}
+        except ArborsegError as exc:
+            return {"state": "FAIL", "reason": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a trial's own failure must not sink the campaign
+            (out / "error.txt").write_text(traceback.format_exc())
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return {"state": "FAIL", "reason": f"{type(exc).__name__}: {first[:300]} (traceback: {out / 'error.txt'})"}
+        finally:
+            root.removeHandler(handler)
+            handler.close()

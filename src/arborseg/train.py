@@ -1,0 +1,355 @@
+"""One trial: train a module tree on a data region, score it, write its artifacts.
+
+Artifacts in the output folder: ``checkpoint.pt`` (resumable), ``model.pt`` (final weights and
+what is needed to rebuild the net), ``metrics.json`` (every metric per region and class),
+``history.json``, ``learning_curve.png`` and ``overlays/*.png`` (FN red, FP yellow).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from arborseg.device import autocast, is_out_of_memory, resolve_device
+from arborseg.errors import ArborsegError, TrainingError
+from arborseg.log import get_logger
+from arborseg.losses import class_weights, error_weight_map, segmentation_loss
+from arborseg.nn import build_network, check_window, count_flops, count_parameters
+from arborseg.space.catalog import TRAINING_PARAMS
+from arborseg.tree import ModuleTree
+
+log = get_logger(__name__)
+EVAL_REGIONS = ("validation", "eval_near", "eval_far")
+
+
+class TrialPruned(ArborsegError):
+    """Raised when the pruner stops a trial early (the campaign records it as PRUNED)."""
+
+
+class Reporter(Protocol):
+    def report(self, step: int, value: float) -> bool:
+        """Record an intermediate validation value; return True when the trial should stop."""
+
+
+class NullReporter:
+    def report(self, step: int, value: float) -> bool:
+        return False
+
+
+def minimise(metric: str) -> bool:
+    """Whether lower is better for ``metric`` (FN-n, FP-n, Rand error, losses)."""
+    name = metric.split("/")[0]
+    return name.startswith(("fn_", "fp_", "rand_error", "loss", "voi"))
+
+
+@dataclass
+class TrainSettings:
+    """How to train, apart from the tree's own training values (lr, batch size, ...)."""
+
+    steps: int = 500
+    eval_every: int = 100
+    checkpoint_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    objective: str = "fg_iou"
+    fn_mode: str = "2d"
+    overlap: float = 0.25
+    eval_batch_size: int = 4
+    num_threads: int | None = None
+    augment: dict = field(default_factory=lambda: {"flip": True, "rot90": True, "elastic": {"p": 0.2},
+                                                   "intensity": {"p": 0.5}})
+    error_weighting: dict | None = None  # {"prediction": path, "mode": "all"|"fn", "weight": 5.0}
+    overrides: dict = field(default_factory=dict)  # training values to use instead of the tree's
+    overlays: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "TrainSettings":
+        data = dict(data or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ArborsegError(f"unknown training settings {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**data)
+
+
+def training_values(tree: ModuleTree, overrides: dict | None = None) -> dict[str, Any]:
+    """The tree's training values, completed with defaults and overridden where asked."""
+    values = {name: spec.default for name, spec in TRAINING_PARAMS.items()}
+    values.update(tree.training_values())
+    for key, value in (overrides or {}).items():
+        if key not in TRAINING_PARAMS:
+            raise ArborsegError(f"unknown training value {key!r}; valid: {sorted(TRAINING_PARAMS)}")
+        problem = TRAINING_PARAMS[key].check(value)
+        if problem:
+            raise ArborsegError(f"training value {key}: {problem}")
+        values[key] = TRAINING_PARAMS[key].coerce(value)
+    return values
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def make_optimizer(model: torch.nn.Module, values: dict, steps: int):
+    cls = torch.optim.AdamW if values["optimizer"] == "adamw" else torch.optim.Adam
+    optimizer = cls(model.parameters(), lr=values["lr"], weight_decay=values["weight_decay"])
+    if values["schedule"] == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=values["lr"] * 0.01)
+    elif values["schedule"] == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=values["lr"], total_steps=max(steps, 2))
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return optimizer, scheduler
+
+
+class Trainer:
+    """Fits one tree on one data config; evaluation and artifacts on request."""
+
+    def __init__(self, tree: ModuleTree, data, settings: TrainSettings, out_dir: str | Path,
+                 reporter: Reporter | None = None, progress: bool = True) -> None:
+        self.tree, self.data, self.settings = tree, data, settings
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.reporter = reporter or NullReporter()
+        self.progress = progress
+        self.values = training_values(tree, settings.overrides)
+        self.device = resolve_device(settings.device)
+        if settings.num_threads:
+            torch.set_num_threads(settings.num_threads)
+        self.window = tuple(tree.window)
+        check_window(tree, self.window)
+        self.n_classes = len(data.classes)
+        self.rng = seed_everything(settings.seed)
+        self.model = build_network(tree, self.n_classes).to(self.device)
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.values, settings.steps)
+        self.history: list[dict] = []
+        self.step = 0
+        self.train_seconds = 0.0
+        self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    # ------------------------------------------------------------------ data
+    def _sampler(self):
+        from arborseg.data import Augmenter, PatchSampler, class_frequencies
+
+        raw, labels = self.data.load_region("train")
+        weights = None
+        if self.settings.error_weighting:
+            weights = self._error_weights(labels)
+        freq = class_frequencies(labels, self.n_classes, self.data.ignore_value)
+        self.class_weight = torch.as_tensor(class_weights(freq, self.values["class_weighting"]), device=self.device)
+        fg = [c for c in range(self.n_classes) if c != self.data.background_class]
+        return PatchSampler(raw, labels, self.window, self.rng, foreground_bias=self.values["foreground_bias"],
+                            foreground_classes=fg, augmenter=Augmenter.from_dict(self.settings.augment),
+                            weights=weights, ignore_value=self.data.ignore_value)
+
+    def _error_weights(self, labels: np.ndarray) -> np.ndarray:
+        from arborseg.data import open_volume
+
+        cfg = self.settings.error_weighting
+        region = self.data.regions["train"]
+        previous = np.asarray(open_volume(cfg["prediction"])[region.slices])
+        return error_weight_map(previous, labels, cfg.get("mode", "all"), float(cfg.get("weight", 5.0)),
+                                self.data.background_class, self.data.ignore_value)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "step": self.step, "history": self.history,
+                 "train_seconds": self.train_seconds, "tree_id": self.tree.id,
+                 "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
+                         "python": random.getstate()}}
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path)  # atomic: a kill never leaves half a checkpoint
+
+    def try_resume(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if state.get("tree_id") != self.tree.id:
+            raise TrainingError(f"{self.checkpoint_path} belongs to another tree ({state.get('tree_id')}); "
+                                "use another --out folder or delete it")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.history = state["step"], state["history"]
+        self.train_seconds = state.get("train_seconds", 0.0)
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        log.info("resumed %s from step %d", self.tree.name, self.step)
+        return True
+
+    # ------------------------------------------------------------------ training
+    def fit(self) -> None:
+        """Train for ``settings.steps`` steps (continuing from a checkpoint when there is one)."""
+        from tqdm.auto import tqdm
+
+        self.try_resume()
+        s = self.settings
+        if self.step >= s.steps:
+            return
+        sampler = self._sampler()
+        batch_size = int(self.values["batch_size"])
+        self.model.train()
+        bar = tqdm(total=s.steps, initial=self.step, desc=self.tree.name, disable=not self.progress,
+                   unit="step", leave=False)
+        started = time.perf_counter()
+        try:
+            while self.step < s.steps:
+                x, y, w = sampler.sample_batch(batch_size)
+                loss = self._train_step(x, y, w)
+                self.step += 1
+                self.history.append({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if self.step % s.eval_every == 0 or self.step == s.steps:
+                    self.train_seconds += time.perf_counter() - started
+                    value = self.validate()
+                    started = time.perf_counter()
+                    bar.set_postfix(loss=f"{loss:.4f}", **{s.objective: f"{value:.4f}"})
+                    if self.step < s.steps and self.reporter.report(self.step, value):
+                        self.save_checkpoint()
+                        raise TrialPruned(f"pruned at step {self.step} ({s.objective}={value:.4f})")
+                if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        self.train_seconds += time.perf_counter() - started
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+        xt = torch.from_numpy(x).to(self.device, non_blocking=True)
+        yt = torch.from_numpy(y).to(self.device, non_blocking=True)
+        wt = torch.from_numpy(w).to(self.device) if w is not None else None
+        try:
+            with autocast(self.device, self.settings.amp):
+                logits = self.model(xt)
+            loss = segmentation_loss(logits, yt, self.class_weight, wt, self.data.ignore_value,
+                                     self.values["dice_weight"], self.data.background_class)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at step {self.step + 1} of {self.tree.name}; "
+                                    f"lower the learning rate (now {self.values['lr']:.2g}) or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+            self.optimizer.step()
+            self.scheduler.step()
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            if is_out_of_memory(exc):
+                raise TrainingError(f"out of memory training {self.tree.name} with batch "
+                                    f"{tuple(xt.shape)}: lower batch_size or the window") from None
+            raise
+        return float(loss.item())
+
+    # ------------------------------------------------------------------ evaluation
+    def _region(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self._eval_cache:
+            self._eval_cache[name] = self.data.load_region(name)
+        return self._eval_cache[name]
+
+    def predict_region(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(raw, labels, predicted probabilities (C, Z, Y, X)) of a region."""
+        from arborseg.predict import predict_volume
+
+        raw, labels = self._region(name)
+        self.model.eval()
+        try:
+            probs = predict_volume(self.model, raw, self.window, self.n_classes, overlap=self.settings.overlap,
+                                   blending="gaussian", batch_size=self.settings.eval_batch_size,
+                                   device=self.device, amp=self.settings.amp)
+        finally:
+            self.model.train()
+        return raw, labels, probs
+
+    def score_region(self, name: str) -> tuple[dict[str, float], np.ndarray]:
+        from arborseg.metrics import score_segmentation
+
+        raw, labels, probs = self.predict_region(name)
+        pred = probs.argmax(0)
+        scores = score_segmentation(pred, labels, list(self.data.classes), ignore_value=self.data.ignore_value,
+                                    mode=self.settings.fn_mode, background=self.data.background_class,
+                                    membrane_class=self.data.membrane_class)
+        return scores, pred
+
+    def validate(self) -> float:
+        scores, _ = self.score_region("validation")
+        value = float(scores[self.settings.objective])
+        if math.isnan(value):
+            value = float("inf") if minimise(self.settings.objective) else 0.0
+        self.history.append({"step": self.step, self.settings.objective: value})
+        return value
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Score every eval region present; draw overlays of their middle slices."""
+        from arborseg.figures import error_overlay
+
+        results = {}
+        for name in EVAL_REGIONS:
+            if name not in self.data.regions:
+                continue
+            scores, pred = self.score_region(name)
+            results[name] = scores
+            if self.settings.overlays and name != "validation":
+                raw, labels = self._region(name)
+                z = raw.shape[0] // 2
+                error_overlay(raw[z], pred[z], labels[z], self.out / "overlays" / f"{name}_z{z}.png",
+                              title=f"{self.tree.name} {name} z={z}", background=self.data.background_class,
+                              ignore_value=self.data.ignore_value)
+        return results
+
+    def save_model(self) -> Path:
+        path = self.out / "model.pt"
+        torch.save({"state_dict": self.model.state_dict(), "tree": self.tree.to_dict(),
+                    "classes": list(self.data.classes), "window": list(self.window),
+                    "normalizer": self.data.normalizer().to_dict()}, path)
+        return path
+
+
+def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: str | Path,
+                    reporter: Reporter | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train ``tree`` on ``data`` and write every artifact; return the result record (also metrics.json)."""
+    from arborseg.figures import learning_curve
+
+    trainer = Trainer(tree, data, settings, out_dir, reporter, progress)
+    started = time.perf_counter()
+    trainer.fit()
+    trainer.save_model()
+    regions = trainer.evaluate()
+    learning_curve(trainer.history, trainer.out / "learning_curve.png", settings.objective)
+    validation = regions.get("validation", {})
+    result = {
+        "tree_id": tree.id, "tree_name": tree.name, "family": tree.family, "depth": tree.depth,
+        "width": tree.width, "window": list(tree.window), "params": count_parameters(trainer.model),
+        "flops_per_voxel": count_flops(trainer.model.cpu(), tree.window) / math.prod(tree.window),
+        "steps": trainer.step, "seed": settings.seed, "train_seconds": round(trainer.train_seconds, 3),
+        "wall_seconds": round(time.perf_counter() - started, 3), "device": str(trainer.device),
+        "objective": settings.objective, "objective_value": validation.get(settings.objective),
+        "training": trainer.values, "settings": asdict(settings), "regions": regions,
+    }
+    (trainer.out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    (trainer.out / "history.json").write_text(json.dumps(trainer.history))
+    tree.save(trainer.out / "tree.yaml")
+    return result
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
