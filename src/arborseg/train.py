@@ -65,7 +65,7 @@ class TrainSettings:
     overlap: float = 0.25
     eval_batch_size: int = 4
     num_threads: int | None = None
-    augment: dict = field(default_factory=lambda: {"flip": True, "rot90": True, "elastic": {"p": 0.2},
+    augment: dict = field(default_factory=lambda: {"flip": True, "rot90": True, "elastic": {"p": 0.2, "alpha": 34, "sigma": 4},
                                                    "intensity": {"p": 0.5}})
     error_weighting: dict | None = None  # {"prediction": path, "mode": "all"|"fn", "weight": 5.0}
     overrides: dict = field(default_factory=dict)  # training values to use instead of the tree's
