@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections import deque
@@ -67,20 +66,24 @@ def make_sampler(cfg: CampaignConfig, salt: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def make_pruner(cfg: CampaignConfig) -> optuna.pruners.BasePruner:
-    options = {k: v for k, v in cfg.pruner.items() if k != "name"}
-    name = cfg.pruner["name"]
-    if name == "median":
-        options.setdefault("n_startup_trials", 2)
-        options.setdefault("n_warmup_steps", cfg.budget["eval_every"])
-        return optuna.pruners.MedianPruner(**options)
-    if name == "successive_halving":
-        options.setdefault("min_resource", cfg.budget["eval_every"])
-        return optuna.pruners.SuccessiveHalvingPruner(**options)
-    if name == "hyperband":
-        options.setdefault("min_resource", cfg.budget["eval_every"])
-        options.setdefault("max_resource", cfg.budget["steps"])
-        return optuna.pruners.HyperbandPruner(**options)
+def make_pruner(pruner: dict[str, Any], eval_every: int, steps: int) -> optuna.pruners.BasePruner:
+    """The campaign's pruner; the driver and every job build the same one from the same options."""
+    options = {k: v for k, v in pruner.items() if k != "name"}
+    name = pruner["name"]
+    try:
+        if name == "median":
+            options.setdefault("n_startup_trials", 2)
+            options.setdefault("n_warmup_steps", eval_every)
+            return optuna.pruners.MedianPruner(**options)
+        if name == "successive_halving":
+            options.setdefault("min_resource", eval_every)
+            return optuna.pruners.SuccessiveHalvingPruner(**options)
+        if name == "hyperband":
+            options.setdefault("min_resource", eval_every)
+            options.setdefault("max_resource", steps)
+            return optuna.pruners.HyperbandPruner(**options)
+    except TypeError as exc:
+        raise CampaignError(f"pruner {name}: {exc}") from None
     return optuna.pruners.NopPruner()
 
 
@@ -103,8 +106,8 @@ class Campaign:
         self.started_trials = 0
         kind = cfg.executor["kind"]
         self.workers = 1 if kind == "debug" else int(cfg.executor.get("workers", 2 if kind == "local" else 4))
-        self.threads = max(1, (os.cpu_count() or 1) // self.workers) if kind != "slurm" else None
         self.stats = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+        self._studies: dict[str, optuna.Study] = {}
         self._write_manifest()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -126,10 +129,19 @@ class Campaign:
             or (self.run_dir / "campaign.yaml").resolve() != self.cfg.source else None
 
     def study(self, name: str, salt: int = 0) -> optuna.Study:
+        """The study ``name``, created once per driver (its sampler keeps its random state between asks)."""
+        if name not in self._studies:
+            self._studies[name] = self._open_study(name, salt)
+        return self._studies[name]
+
+    def _open_study(self, name: str, salt: int) -> optuna.Study:
         sampler = optuna.samplers.RandomSampler(seed=self.cfg.seed) if name == self.random_study_name \
             else make_sampler(self.cfg, salt)
         return optuna.create_study(study_name=name, storage=self.storage, direction=self.cfg.direction,
-                                   sampler=sampler, pruner=make_pruner(self.cfg), load_if_exists=True)
+                                   sampler=sampler, pruner=self.pruner(), load_if_exists=True)
+
+    def pruner(self) -> optuna.pruners.BasePruner:
+        return make_pruner(self.cfg.pruner, self.cfg.budget["eval_every"], self.cfg.budget["steps"])
 
     def all_trials(self) -> list[tuple[optuna.study.StudySummary, optuna.trial.FrozenTrial]]:
         out = []
@@ -140,35 +152,55 @@ class Campaign:
         return out
 
     # ------------------------------------------------------------------ resume
-    def reconcile(self) -> dict[str, str]:
-        """Close RUNNING/WAITING trials left by a stopped driver; return task -> old trial folder to resume."""
-        from arborseg.campaign.executors import job_is_alive, stop_job
+    def reconcile(self) -> tuple[dict[str, str], list[Running]]:
+        """Deal with trials a stopped driver left RUNNING (or enqueued).
+
+        A job that still runs (a local job survives ``kill -9`` of its driver; SLURM jobs run on) is
+        reattached and waited for; a job that finished while no driver watched is told as it ended.
+        Trials without a job to follow are closed as FAIL ("stale") and their task re-queued, resuming
+        from the old trial's checkpoint. Returns (task -> old trial folder, reattached runs)."""
+        from arborseg.campaign.executors import ACTIVE_STATES, job_outcome, job_state, reattach_job
 
         resume: dict[str, str] = {}
+        reattached: list[Running] = []
         for study, trial in self.all_trials():
-            if trial.state not in (TrialState.RUNNING, TrialState.WAITING):
-                continue
-            attrs = trial.user_attrs
             if trial.state == TrialState.WAITING:  # enqueued but never asked: take it and close it
                 asked = study.ask()
-                study.tell(asked, state=TrialState.FAIL)
-                study._storage.set_trial_user_attr(asked._trial_id, "fail_reason", "stale: enqueued by a stopped driver")
+                study._storage.set_trial_user_attr(asked._trial_id, "fail_reason",
+                                                   "stale: enqueued by a driver that stopped")
                 study._storage.set_trial_user_attr(asked._trial_id, "stale", True)
+                study.tell(asked, state=TrialState.FAIL)
                 continue
-            job_id, kind = attrs.get("job_id"), attrs.get("executor")
-            if job_id and kind and job_is_alive(kind, Path(attrs.get("job_folder", self.run_dir / "jobs")), job_id):
-                log.info("trial %s: job %s of a stopped driver is still running; stopping it, its checkpoint "
-                         "will be continued", trial.number, job_id)
-                stop_job(kind, Path(attrs.get("job_folder", self.run_dir / "jobs")), job_id)
-            reason = f"stale: the driver stopped while job {job_id} ran; task re-queued"
+            if trial.state != TrialState.RUNNING:
+                continue
+            attrs = trial.user_attrs
+            job_id, kind, folder = attrs.get("job_id"), attrs.get("executor"), attrs.get("job_folder")
+            job = None
+            if job_id and kind in ("local", "slurm") and folder:
+                try:
+                    job = reattach_job(folder, job_id, kind)
+                except Exception as exc:  # noqa: BLE001 - cannot follow it: treat as stale
+                    log.debug("cannot reattach job %s: %s", job_id, exc)
+            if job is not None:
+                state = job_state(job)
+                outcome = None if state in ACTIVE_STATES else job_outcome(job)
+                if state in ACTIVE_STATES or (outcome is not None and outcome.ok):
+                    task = Task(attrs["task"], study.study_name, ModuleTree.load(attrs["tree_file"]),
+                                int(attrs.get("attempt", 1)))
+                    run = Running(task, optuna.trial.Trial(study, trial._trial_id), study, job,
+                                  Path(attrs["artifact_dir"]))
+                    log.info("trial %s (%s): reattached to job %s (%s)", trial.number, task.key, job_id, state)
+                    reattached.append(run)
+                    continue
+            reason = f"stale: the driver stopped while job {job_id} ran and the job left no result; task re-queued"
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
             study._storage.set_trial_user_attr(trial._trial_id, "stale", True)
             study.tell(trial.number, state=TrialState.FAIL)
             if attrs.get("task") and attrs.get("artifact_dir"):
                 resume[attrs["task"]] = attrs["artifact_dir"]
-            log.warning("trial %s (%s) was RUNNING without a driver: closed as FAIL, re-queued", trial.number,
+            log.warning("trial %s (%s) was RUNNING without a job: closed as FAIL and re-queued", trial.number,
                         attrs.get("task"))
-        return resume
+        return resume, reattached
 
     def task_states(self) -> tuple[set[str], dict[str, int]]:
         """(tasks needing no more work, failed attempts per task). Stale trials count for neither."""
@@ -192,8 +224,9 @@ class Campaign:
 
         return sample_distinct(str(self.cfg.space_path), self.cfg.budget["random_trees"], self.cfg.seed)
 
-    def plan_random(self, resume: dict[str, str]) -> list[Task]:
+    def plan_random(self, resume: dict[str, str], busy: set[str] = frozenset()) -> list[Task]:
         done, failed = self.task_states()
+        done = done | set(busy)
         tasks = []
         for i, tree in enumerate(self.random_trees()):
             key = f"random:{i}"
@@ -218,8 +251,9 @@ class Campaign:
                 break
         return trees
 
-    def plan_refine(self, resume: dict[str, str]) -> list[Task]:
+    def plan_refine(self, resume: dict[str, str], busy: set[str] = frozenset()) -> list[Task]:
         done, failed = self.task_states()
+        done = done | set(busy)
         tasks = []
         for tree in self.best_trees():
             if not tree.refinable_choices():
@@ -272,22 +306,24 @@ class Campaign:
         data = self.cfg.data_spec if isinstance(self.cfg.data_spec, str) else (self.cfg.data_spec,
                                                                                str(self.cfg.source.parent))
         settings = self.cfg.train_settings.__dict__ | {"seed": self.cfg.train.get("seed", 0)}
-        job_fn = TrialJob(self.storage_url, task.study, trial._trial_id, str(tree_file), data, settings,
-                          str(out_dir), self.threads)
+        job_fn = TrialJob(self.storage_url, task.study, trial._trial_id, str(tree_file), data, settings, str(out_dir),
+                          {"pruner": self.cfg.pruner, "eval_every": self.cfg.budget["eval_every"],
+                           "steps": self.cfg.budget["steps"]})
         job = executor.submit(job_fn)
         study._storage.set_trial_user_attr(trial._trial_id, "job_id", str(job.job_id))
         study._storage.set_trial_user_attr(trial._trial_id, "log_path", str(job.paths.stderr))
         self.started_trials += 1
         return Running(task, trial, study, job, out_dir)
 
-    def finish(self, run: Running) -> str:
-        """Tell Optuna how a finished job ended; return the state."""
-        from arborseg.campaign.executors import job_outcome
-
-        ok, outcome = job_outcome(run.job)
+    def finish(self, run: Running, job_result) -> str:
+        """Tell Optuna how a finished job ended (a :class:`JobOutcome`); return the state."""
         storage, tid = run.study._storage, run.trial._trial_id
-        if not ok:
-            outcome = {"state": "FAIL", "reason": outcome}
+        if job_result.ok and isinstance(job_result.result, dict) and "state" in job_result.result:
+            outcome = dict(job_result.result)
+        elif job_result.ok:
+            outcome = {"state": "FAIL", "reason": f"the job returned {job_result.result!r}, not a trial result"}
+        else:
+            outcome = {"state": "FAIL", "reason": f"{job_result.reason} (log: {job_result.log})"}
         state = outcome["state"]
         if state == "COMPLETE":
             value = outcome.get("value")
@@ -311,11 +347,13 @@ class Campaign:
         return state
 
     # ------------------------------------------------------------------ main loop
-    def _run_tasks(self, executor, tasks: list[Task], bar) -> bool:
+    def _run_tasks(self, executor, tasks: list[Task], bar, running: list[Running] | None = None) -> bool:
         """Run tasks with up to ``workers`` in flight; failed tasks are retried by policy. False if stopped by
         --max-trials."""
+        from arborseg.campaign.executors import job_outcome
+
         queue = deque(tasks)
-        running: list[Running] = []
+        running = list(running or [])
         while queue or running:
             while queue and len(running) < self.workers:
                 if self.max_trials is not None and self.started_trials >= self.max_trials:
@@ -325,8 +363,9 @@ class Campaign:
                 self._show(bar, running)
             still = []
             for run in running:
-                if run.job.done():
-                    state = self.finish(run)
+                outcome = job_outcome(run.job)
+                if outcome is not None:
+                    state = self.finish(run, outcome)
                     if state == "FAIL" and run.task.attempt <= self.cfg.retries:
                         queue.append(Task(run.task.key, run.task.study, run.task.tree, run.task.attempt + 1,
                                           str(run.out_dir)))
@@ -357,22 +396,25 @@ class Campaign:
 
         from arborseg.campaign.executors import make_executor
 
-        resume = self.reconcile()
-        executor = make_executor(self.cfg.executor["kind"], self.run_dir / "jobs",
-                                 {k: v for k, v in self.cfg.executor.items() if k not in ("kind", "workers")})
-        random_tasks = self.plan_random(resume)
+        resume, reattached = self.reconcile()
+        kind = self.cfg.executor["kind"]
+        options = {k: v for k, v in self.cfg.executor.items() if k != "kind" and (k != "workers" or kind == "local")}
+        executor = make_executor(kind, self.run_dir / "jobs", options)
+        busy = {run.task.key for run in reattached}
+        random_tasks = self.plan_random(resume, busy)
         total = self.cfg.budget["random_trees"] + self.cfg.budget["refine_top"] * self.cfg.budget["refine_trials"]
         done_before = total - len(random_tasks) - self.cfg.budget["refine_top"] * self.cfg.budget["refine_trials"]
         with tqdm(total=total, initial=max(done_before, 0), desc=self.cfg.name, unit="trial",
                   disable=not self.progress) as bar:
             log.info("phase A: %d random trees to train (%d in the plan)", len(random_tasks),
                      self.cfg.budget["random_trees"])
-            if not self._run_tasks(executor, random_tasks, bar):
+            if not self._run_tasks(executor, random_tasks, bar, [r for r in reattached if r.task.key.startswith("random")]):
                 log.info("stopped after %d new trials (--max-trials); run again to continue", self.started_trials)
                 return self.run_dir
-            refine_tasks = self.plan_refine(resume)
+            refine_running = [r for r in reattached if r.task.key.startswith("refine")]
+            refine_tasks = self.plan_refine(resume, {r.task.key for r in refine_running})
             bar.update(self.cfg.budget["refine_top"] * self.cfg.budget["refine_trials"] - len(refine_tasks))
             log.info("phase B: %d refinement trials", len(refine_tasks))
-            if not self._run_tasks(executor, refine_tasks, bar):
+            if not self._run_tasks(executor, refine_tasks, bar, refine_running):
                 log.info("stopped after %d new trials (--max-trials); run again to continue", self.started_trials)
         return self.run_dir

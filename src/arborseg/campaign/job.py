@@ -10,42 +10,20 @@ it and it resumes from the trial folder's last checkpoint.
 from __future__ import annotations
 
 import logging
-import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import submitit
-
+from arborseg.campaign.executors import CheckpointableJob
 from arborseg.errors import ArborsegError
 from arborseg.log import get_logger
 
 log = get_logger(__name__)
 
 
-class OptunaReporter:
-    """Reports intermediate validation values to the trial the driver asked for (in another process)."""
-
-    def __init__(self, storage_url: str, study_name: str, trial_id: int) -> None:
-        self.storage_url, self.study_name, self.trial_id = storage_url, study_name, trial_id
-        self._trial = None
-
-    def _attach(self):
-        if self._trial is None:
-            from arborseg.campaign.worker_trial import attach_trial
-
-            self._trial = attach_trial(self.storage_url, self.study_name, self.trial_id)
-        return self._trial
-
-    def report(self, step: int, value: float) -> bool:
-        trial = self._attach()
-        trial.report(float(value), step)
-        return bool(trial.should_prune())
-
-
 @dataclass
-class TrialJob(submitit.helpers.Checkpointable):
+class TrialJob(CheckpointableJob):
     """Train and score one tree for one Optuna trial; artifacts go to ``out_dir``."""
 
     storage_url: str
@@ -55,7 +33,7 @@ class TrialJob(submitit.helpers.Checkpointable):
     data: Any  # a data YAML path, or (mapping, base_dir)
     settings: dict
     out_dir: str
-    num_threads: int | None = None
+    pruning: dict  # {"pruner": {...}, "eval_every": n, "steps": n}: the driver's pruner, rebuilt here
 
     def _load_data(self):
         from arborseg.data import DataConfig, load_data_config
@@ -66,7 +44,14 @@ class TrialJob(submitit.helpers.Checkpointable):
                                         check_labels=False)
         return load_data_config(self.data, check_labels=False)
 
-    def __call__(self) -> dict[str, Any]:
+    def _reporter(self):
+        from arborseg.campaign.driver import make_pruner
+        from arborseg.campaign.worker_trial import OptunaReporter, attach_trial
+
+        pruner = make_pruner(self.pruning["pruner"], self.pruning["eval_every"], self.pruning["steps"])
+        return OptunaReporter(attach_trial(self.storage_url, self.study_name, trial_id=self.trial_id, pruner=pruner))
+
+    def run(self) -> dict[str, Any]:
         from arborseg.train import TrainSettings, TrialPruned, train_and_score
         from arborseg.tree import ModuleTree
 
@@ -77,12 +62,10 @@ class TrialJob(submitit.helpers.Checkpointable):
         root = logging.getLogger("arborseg")
         root.addHandler(handler)
         root.setLevel(logging.INFO)
-        if self.num_threads:
-            os.environ["OMP_NUM_THREADS"] = str(self.num_threads)
         try:
-            settings = TrainSettings.from_dict({**self.settings, "num_threads": self.num_threads})
+            settings = TrainSettings.from_dict(self.settings)
             tree = ModuleTree.load(self.tree_file)
-            reporter = OptunaReporter(self.storage_url, self.study_name, self.trial_id)
+            reporter = self._reporter()
             result = train_and_score(tree, self._load_data(), settings, out, reporter, progress=False)
             return {"state": "COMPLETE", "value": result["objective_value"], "result": result}
         except TrialPruned as exc:
