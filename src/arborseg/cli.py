@@ -110,18 +110,6 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("table")
-def _table(args: argparse.Namespace) -> int:
-    from arborseg.table import format_table, run_table, write_table
-
-    table = run_table(args.run_dirs)
-    if args.out or args.format not in (None, "terminal"):
-        print(write_table(table, args.out, args.format))
-    else:
-        print(format_table(table, top=args.top))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arborseg", description="Architecture search and ensembles for "
                                      "volume-EM segmentation.")
@@ -173,11 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="progress of a campaign: trials by state, best so far, running jobs")
     p.add_argument("run_dir")
 
-    p = sub.add_parser("table", help="the run table of one or more campaigns")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--format", choices=("terminal", "csv", "md", "html", "parquet", "json"), default=None)
-    p.add_argument("--out", help="write to this file (format from --format or the suffix)")
-    p.add_argument("--top", type=int, help="only the best N rows")
+    from arborseg import report_cli
+
+    report_cli.add_parsers(sub, command)
     return parser
 
 
