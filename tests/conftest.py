@@ -4,7 +4,8 @@ Nothing here is autouse: test files that do not ask for these fixtures are not a
 
 * ``postgres_url`` starts a real PostgreSQL (``initdb`` + ``pg_ctl``, as the ``postgres`` user when run
   as root) on a free port of 127.0.0.1 for the whole session and skips when the server binaries are
-  missing (``bash .ci/slurm_up.sh`` installs them).
+  missing (``bash .ci/slurm_up.sh`` installs them); ``postgres_fresh_url`` adds an empty database per test.
+* ``storage_spec`` runs a test over 'sqlite', 'journal' and PostgreSQL, each storage private to the test.
 * ``slurm_cluster`` skips unless ``sinfo`` and ``sacct`` answer (``bash .ci/slurm_up.sh`` starts the
   one-node cluster).
 """
@@ -110,11 +111,38 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def postgres_fresh_url(postgres_url):
+    """URL of a new, empty database on the session's PostgreSQL server (dropped after the test).
+
+    Like the per-test SQLite/journal files: a test that lists every study of its storage sees only its own.
+    """
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    con = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres")
+    con.autocommit = True
+    try:
+        with con.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        yield url.set(database=name).render_as_string(hide_password=False)
+        with con.cursor() as cur:  # FORCE (PostgreSQL >= 13): pools of the test may still be open
+            try:
+                cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            except psycopg2.Error:
+                pass
+    finally:
+        con.close()
+
+
 @pytest.fixture(params=["sqlite", "journal", "postgres"])
 def storage_spec(request) -> str:
-    """A storage spec for ``make_storage``: 'sqlite', 'journal' or a PostgreSQL URL (skips without one)."""
+    """A storage spec for ``make_storage``: 'sqlite', 'journal' or the URL of a fresh PostgreSQL database
+    (skips without PostgreSQL). Every test gets a storage of its own."""
     if request.param == "postgres":
-        return request.getfixturevalue("postgres_url")
+        return request.getfixturevalue("postgres_fresh_url")
     return request.param
 
 

@@ -236,6 +236,8 @@ class Campaign:
 
     def best_trees(self) -> list[ModuleTree]:
         """The ``refine_top`` best distinct trees of phase A by the objective (COMPLETE trials)."""
+        if self.cfg.budget["refine_top"] == 0 or self.cfg.budget["refine_trials"] == 0:
+            return []
         study = self.study(self.random_study_name)
         complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                     if t.value is not None and not math.isnan(t.value)]

@@ -18,6 +18,9 @@ What we learned about submitit 1.5.4 (and what this module does about it):
   to the whole process group (Ctrl-C in a terminal, ``kill -- -PGID``, a batch system killing the
   group) kills the jobs as well; they then end without a result (``FAILED``, "ended without a
   result"). Start the driver with ``setsid``/``nohup`` if jobs must outlive the terminal.
+* Local GPUs: submitit sets ``CUDA_VISIBLE_DEVICES`` for every local job to the first
+  ``gpus_per_node`` of ``visible_gpus`` (default: none, i.e. ``""``: no GPU at all). It does not spread
+  concurrent jobs over GPUs; a driver running several GPU jobs at once must choose the GPUs itself.
 * A local job killed by a signal (SIGKILL, OOM killer) leaves no trace but a missing result file:
   the controller still exits 0. We report it as "killed: ... ended without writing a result".
 * SLURM: states come from ``sacct`` (submitit cannot see cancelled/killed jobs without it). submitit
@@ -74,8 +77,8 @@ LOCAL_OPTIONS = {
     **_COMMON_OPTIONS,
     "workers": "jobs the driver runs at once (CPU threads are divided among them; default 1)",
     "signal_delay_s": "seconds before timeout_min at which the job is told to checkpoint",
-    "gpus_per_node": "GPUs per job",
-    "visible_gpus": "GPU indices the jobs may use (list)",
+    "gpus_per_node": "GPUs per job (default 0: submitit then hides every GPU, CUDA_VISIBLE_DEVICES='')",
+    "visible_gpus": "GPU indices the jobs may use (list); each job gets the first gpus_per_node of them",
     "max_num_timeout": "requeues allowed for a Checkpointable job that times out (default 3)",
 }
 SLURM_OPTIONS = {

@@ -76,16 +76,16 @@ def attach_trial(
                 f"trial number {trial_number} not found in study {study_name!r} ({redact(storage_url)})"
             ) from None
     try:
-        trial = optuna.trial.Trial(study, int(trial_id))
+        frozen = study._storage.get_trial(int(trial_id))
     except KeyError:
         raise CampaignError(f"trial id {trial_id} not found in storage {redact(storage_url)}") from None
-    state = trial._cached_frozen_trial.state
-    if state != optuna.trial.TrialState.RUNNING:
+    if frozen.state != optuna.trial.TrialState.RUNNING:
         raise CampaignError(
-            f"trial {trial.number} of study {study_name!r} is {state.name}, not RUNNING: the driver already "
-            "finished it (a resumed driver marks trials of lost jobs FAIL); this job's results are not recorded"
+            f"trial {frozen.number} of study {study_name!r} is {frozen.state.name}, not RUNNING: the driver "
+            "already finished it (a resumed driver marks trials of lost jobs FAIL); this job's results are "
+            "not recorded"
         )
-    return trial
+    return optuna.trial.Trial(study, int(trial_id))
 
 
 @runtime_checkable

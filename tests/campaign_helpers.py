@@ -1,0 +1,54 @@
+"""Helpers for campaign tests: tiny campaigns on synthetic data, written as real YAML files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+
+ROOT = Path(__file__).parents[1]
+
+SYNTHETIC = {"synthetic": {"seed": 2, "shape": [6, 64, 64]}, "classes": ["interior", "membrane", "mito"],
+             "regions": {"train": {"z": [0, 3]}, "validation": {"z": [3, 4]}, "eval_near": {"z": [4, 5]},
+                         "eval_far": {"z": [5, 6]}}}
+
+
+def write_campaign(tmp: Path, name: str = "tiny", storage: str = "sqlite", executor: dict | None = None,
+                   space: str | Path = ROOT / "search_spaces" / "quickstart.yaml", data: Any = None,
+                   budget: dict | None = None, **extra: Any) -> Path:
+    cfg = {"name": name, "data": data if data is not None else SYNTHETIC, "space": str(space),
+           "budget": {"random_trees": 2, "refine_top": 1, "refine_trials": 1, "steps": 4, "eval_every": 2,
+                      **(budget or {})},
+           "objective": {"metric": "fg_iou"}, "pruner": {"name": "none"},
+           "executor": executor or {"kind": "debug"}, "storage": storage, "train": {"seed": 0, "overlays": False},
+           **extra}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def trials_of(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    import json
+
+    from arborseg.campaign.storage import open_storage
+
+    manifest = json.loads((run_dir / "campaign.json").read_text())
+    storage = open_storage(manifest["storage_url"])
+    out = []
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        out += study.get_trials(deepcopy=False)
+    return out
+
+
+def nan_volume(tmp: Path) -> Path:
+    """A float volume with NaN in it: training on it gives a NaN loss at the first step."""
+    raw = np.random.default_rng(0).random((6, 64, 64), dtype=np.float32)
+    raw[:, 10:20, 10:20] = np.nan
+    labels = (raw > 0.5).astype(np.uint8)
+    np.save(tmp / "nan_raw.npy", raw)
+    np.save(tmp / "nan_labels.npy", labels)
+    return tmp

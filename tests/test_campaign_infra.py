@@ -1,0 +1,402 @@
+"""Campaign infrastructure: storages x executors conformance, failure classification, reattach, SLURM.
+
+One conformance body runs over the three storages (SQLite, journal file, PostgreSQL) and the debug
+and local executors (plus a SLURM variant): the driver asks trials, jobs in other processes attach to
+them, report intermediate values and ask the MedianPruner, the driver tells COMPLETE/PRUNED/FAIL.
+SLURM tests are marked ``slurm`` and skip unless the cluster runs (``bash .ci/slurm_up.sh``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cloudpickle
+import optuna
+import pytest
+
+import helpers_infra as H
+from arborseg.campaign.executors import (
+    FINISHED_STATES,
+    JobOutcome,
+    cancel_job,
+    job_outcome,
+    job_state,
+    make_executor,
+    reattach_job,
+    valid_options,
+    wait_outcome,
+)
+from arborseg.campaign.storage import make_storage, open_storage, redact, storage_url
+from arborseg.campaign.worker_trial import NullReporter, Reporter, TrialRef, attach_trial
+from arborseg.errors import CampaignError
+
+cloudpickle.register_pickle_by_value(H)  # jobs get the helpers by value: no need to import tests/
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TESTS = Path(__file__).parent
+JOB_TIMEOUT_S = 120
+TS = optuna.trial.TrialState
+
+
+# ----------------------------------------------------------------------------- conformance
+def _conformance(study_name: str, storage, url: str, ex, in_job_expected: bool) -> None:
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", pruner=pruner)
+
+    def submit(trial, values, fail=False):
+        return ex.submit(H.trial_job, TrialRef.from_trial(trial, url), values, fail)
+
+    # round 1: two good trials, at the same time
+    good = [study.ask() for _ in range(2)]
+    for t in good:
+        t.suggest_float("lr", 1e-4, 1e-1, log=True)
+    curves = [[0.5, 0.7, 0.9], [0.4, 0.6, 0.8]]
+    jobs = [submit(t, c) for t, c in zip(good, curves)]
+    for t, job, curve in zip(good, jobs, curves):
+        out = wait_outcome(job, JOB_TIMEOUT_S)
+        assert out is not None and out.ok, out
+        assert out.result == {"pruned": False, "value": curve[-1], "pid": out.result["pid"]}
+        assert (out.result["pid"] != os.getpid()) == in_job_expected
+        # the job's reports are already in the storage when the driver looks
+        assert study._storage.get_trial(t._trial_id).intermediate_values == dict(enumerate(curve))
+        study.tell(t, out.result["value"])
+
+    # round 2: one bad curve (pruned by the median of the 2 completed trials) and one crashing job
+    bad, crash = study.ask(), study.ask()
+    j_bad, j_crash = submit(bad, [0.1, 0.2, 0.3]), submit(crash, [0.9, 0.95, 1.0], fail=True)
+    out_bad, out_crash = wait_outcome(j_bad, JOB_TIMEOUT_S), wait_outcome(j_crash, JOB_TIMEOUT_S)
+    assert out_bad.ok and out_bad.result["pruned"] and out_bad.result["step"] == 0, out_bad
+    study.tell(bad, state=TS.PRUNED)
+    assert not out_crash.ok and "RuntimeError: loss is NaN" in out_crash.reason, out_crash
+    assert job_state(j_crash) == "FAILED"
+    study.tell(crash, state=TS.FAIL)
+
+    # read back through a fresh storage object, as a resumed driver or the run table would
+    again = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    trials = sorted(again.get_trials(deepcopy=False), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TS.COMPLETE, TS.COMPLETE, TS.PRUNED, TS.FAIL]
+    assert [t.value for t in trials[:2]] == [0.9, 0.8]
+    assert again.best_trial.number == good[0].number
+    assert trials[2].intermediate_values == {0: 0.1}
+    assert trials[3].intermediate_values == {0: 0.9, 1: 0.95}
+    assert all(t.user_attrs["in_job"] == in_job_expected for t in trials)
+    assert "lr" in trials[0].params
+    # a finished trial cannot be attached to any more
+    with pytest.raises(CampaignError, match="not RUNNING"):
+        attach_trial(url, study_name, trials[0].number)
+
+
+@pytest.mark.parametrize("executor_kind", ["debug", "local"])
+def test_trial_conformance(storage_spec, executor_kind, tmp_run_dir, study_name):
+    storage = make_storage(storage_spec, tmp_run_dir)
+    url = storage_url(storage_spec, tmp_run_dir)
+    ex = make_executor(executor_kind, tmp_run_dir / "jobs", {"timeout_min": 5, "workers": 2})
+    _conformance(study_name, storage, url, ex, in_job_expected=executor_kind != "debug")
+
+
+def test_attach_errors_and_reporters(tmp_run_dir, study_name):
+    url = storage_url("journal", tmp_run_dir)
+    study = optuna.create_study(storage=make_storage("journal", tmp_run_dir), study_name=study_name)
+    t = study.ask()
+    with pytest.raises(CampaignError, match="not found"):
+        attach_trial(url, "no-such-study", 0)
+    with pytest.raises(CampaignError, match="not found"):
+        attach_trial(url, study_name, 7)
+    with pytest.raises(CampaignError, match="exactly one"):
+        attach_trial(url, study_name)
+    by_id = attach_trial(url, study_name, trial_id=t._trial_id)
+    assert by_id.number == t.number
+    rep = TrialRef.from_trial(t, url).reporter()
+    assert isinstance(rep, Reporter) and rep.report(0, 0.5) is False  # no completed trials: no pruning
+    study.tell(t, 0.5)
+    assert rep.report(1, 0.6) is True  # finished by the driver meanwhile: the job is told to stop
+    null = NullReporter()
+    assert isinstance(null, Reporter) and null.report(0, 1.0) is False and null.values == {0: 1.0}
+
+
+# ---------------------------------------------------------------------------------- storages
+def test_storage_specs_round_trip(storage_spec, tmp_run_dir, study_name):
+    url = storage_url(storage_spec, tmp_run_dir)
+    assert url == storage_url(url, tmp_run_dir)  # a URL is its own spec
+    optuna.create_study(storage=make_storage(storage_spec, tmp_run_dir), study_name=study_name)
+    assert study_name in optuna.get_all_study_names(open_storage(url))
+    if storage_spec == "sqlite":
+        assert url.startswith(f"sqlite:///{tmp_run_dir}/optuna.sqlite3")
+        con = sqlite3.connect(tmp_run_dir / "optuna.sqlite3")
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        con.close()
+    if storage_spec == "journal":
+        assert url == f"journal://{tmp_run_dir}/optuna.journal" and (tmp_run_dir / "optuna.journal").exists()
+
+
+def test_storage_spec_forms(tmp_run_dir):
+    assert storage_url(None, tmp_run_dir) == storage_url("sqlite", tmp_run_dir)
+    assert storage_url("journal:/x/y.log", tmp_run_dir) == "journal:///x/y.log"
+    assert storage_url("journal:j.log", tmp_run_dir) == f"journal://{tmp_run_dir}/j.log"
+    assert storage_url("sqlite:///rel.db", tmp_run_dir).startswith(f"sqlite:///{tmp_run_dir}/rel.db?")
+    pg = storage_url("postgresql+psycopg2://me:s3cret@db.example:5432/arbor", tmp_run_dir)
+    assert redact(pg) == "postgresql+psycopg2://me:***@db.example:5432/arbor"
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("bogus", "not understood"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("postgresql+psycopg2://me:s3cret@127.0.0.1:1/arbor", "unreachable"),
+        ("postgresql+psycopg2://me:s3cret@127.0.0.1:notaport/arbor", "malformed"),
+        ("postgres://me:s3cret@127.0.0.1:1/arbor", "unknown database scheme"),
+        ("journal:", "no journal file"),
+    ],
+)
+def test_storage_errors_are_clear(spec, match, tmp_run_dir):
+    with pytest.raises(CampaignError, match=match) as info:
+        make_storage(spec, tmp_run_dir)
+    msg = str(info.value)
+    assert "s3cret" not in msg and "\n" not in msg
+    if "127.0.0.1:1/" in spec:
+        assert "me:***@127.0.0.1:1/arbor" in msg
+
+
+def test_postgres_missing_database_is_clear(postgres_url, tmp_run_dir):
+    url = postgres_url.rsplit("/", 1)[0] + "/no_such_db"
+    with pytest.raises(CampaignError, match='database "no_such_db" does not exist'):
+        make_storage(url, tmp_run_dir)
+
+
+# --------------------------------------------------------------------------------- executors
+def test_executor_options_are_validated(tmp_path):
+    with pytest.raises(CampaignError, match=r"unknown option\(s\) partition; valid options are: env"):
+        make_executor("local", tmp_path, {"partition": "gpu"})
+    with pytest.raises(CampaignError, match="not one of debug, local, slurm"):
+        make_executor("cloud", tmp_path, {})
+    with pytest.raises(CampaignError, match="timeout_min must be a positive number"):
+        make_executor("local", tmp_path, {"timeout_min": "1h"})
+    with pytest.raises(CampaignError, match="workers must be an integer"):
+        make_executor("local", tmp_path, {"workers": 0})
+    with pytest.raises(CampaignError, match="must be shorter than timeout_min"):
+        make_executor("local", tmp_path, {"timeout_min": 1, "signal_delay_s": 60})
+    with pytest.raises(CampaignError, match=r"unknown option\(s\) slurm_nodes"):
+        make_executor("slurm", tmp_path, {"slurm_nodes": 4})
+    assert "partition" in valid_options("slurm") and "workers" in valid_options("local")
+    ex = make_executor("local", tmp_path, {"local_timeout_min": 0.5, "workers": 1, "threads_per_job": 1})
+    assert ex._executor.parameters["timeout_min"] == 0.5
+    assert ex._executor.parameters["signal_delay_s"] == 7  # a quarter of a short limit, not 30 s
+    assert ex.job_env["OMP_NUM_THREADS"] == "1"
+    make_executor("debug", tmp_path, {"timeout_min": 5, "workers": 3})  # local options: accepted, ignored
+
+
+def test_local_outcomes_are_classified(tmp_path):
+    ex = make_executor("local", tmp_path / "jobs", {"timeout_min": 2, "workers": 2})
+    j_ok, j_boom, j_kill = ex.submit(H.add, 2, 3), ex.submit(H.boom), ex.submit(H.kill_self)
+    ok, boom, killed = (wait_outcome(j, JOB_TIMEOUT_S) for j in (j_ok, j_boom, j_kill))
+    assert ok.ok and ok.result == 5 and ok.as_tuple() == (True, 5) and job_state(j_ok) == "DONE"
+    assert not boom.ok and boom.reason.startswith(f"raised ValueError: boom (job {j_boom.job_id}): see ")
+    assert boom.log.exists() and "ValueError: boom" in boom.log.read_text() and boom.state == "FAILED"
+    assert boom.as_tuple() == (False, boom.reason, boom.log)
+    assert not killed.ok and killed.reason.startswith("killed") and str(killed.log) in killed.reason
+    assert job_state(j_kill) == "FAILED"
+
+
+def test_local_cancel_and_timeout(tmp_path):
+    ex = make_executor("local", tmp_path / "jobs", {"timeout_min": 0.1, "signal_delay_s": 2})
+    j_slow = ex.submit(H.sleep_return, 30)  # 6 s limit: the job is signalled at 4 s, not checkpointable
+    ex2 = make_executor("local", tmp_path / "jobs2", {"timeout_min": 5})
+    j_cancel = ex2.submit(H.sleep_return, 30)
+    t0 = time.time()
+    while job_state(j_cancel) != "RUNNING" and time.time() - t0 < 10:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    cancel_job(j_cancel)
+    cancelled = wait_outcome(j_cancel, 30)
+    assert not cancelled.ok and cancelled.state == "CANCELLED" and cancelled.reason.startswith("cancelled"), cancelled
+    timed_out = wait_outcome(j_slow, 30)
+    assert not timed_out.ok and timed_out.state == "TIMEOUT" and "timed-out" in timed_out.reason, timed_out
+    assert time.time() - t0 < 15
+
+
+def test_local_threads_are_divided(tmp_path):
+    ncpu = len(os.sched_getaffinity(0))
+    ex = make_executor("local", tmp_path / "a", {"workers": 2, "env": {"ARBORSEG_TEST_EXTRA": "yes"}})
+    expected = max(1, ncpu // 2)
+    ex1 = make_executor("local", tmp_path / "b", {"threads_per_job": 1})
+    ja, jb = ex.submit(H.thread_info), ex1.submit(H.thread_info)
+    a, b = wait_outcome(ja, JOB_TIMEOUT_S), wait_outcome(jb, JOB_TIMEOUT_S)
+    assert a.result == {"OMP_NUM_THREADS": str(expected), "ARBORSEG_NUM_THREADS": str(expected), "EXTRA": "yes",
+                        "applied": expected, "torch": expected}, a
+    assert b.result["torch"] == 1 and b.result["EXTRA"] is None
+    assert "ARBORSEG_NUM_THREADS" not in os.environ  # the driver's environment is left as it was
+
+
+def test_debug_failure_is_classified_without_pdb(tmp_path):
+    ex = make_executor("debug", tmp_path, {})
+    j = ex.submit(H.boom)
+    assert job_state(j) == "PENDING"
+    out = job_outcome(j)
+    assert not out.ok and out.reason.startswith("raised ValueError: boom (debug job") and job_state(j) == "FAILED"
+    assert job_outcome(j) is out  # classified once; the function is not re-run
+    ok = wait_outcome(ex.submit(H.add, 1, 1))
+    assert ok.ok and ok.result == 2
+    with pytest.raises(CampaignError, match="cannot be reattached"):
+        reattach_job(tmp_path, j.job_id, "debug")
+
+
+def test_job_outcome_never_raises():
+    out = job_outcome(object())
+    assert isinstance(out, JobOutcome) and not out.ok and "could not read" in out.reason
+    assert job_state(object()) == "UNKNOWN"
+
+
+_DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    from arborseg.campaign.executors import make_executor
+    import helpers_infra as H
+    ex = make_executor("local", sys.argv[1], {"timeout_min": 5})
+    job = ex.submit(H.sleep_return, float(sys.argv[2]), 42, sys.argv[3])
+    print(job.job_id, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def _start_driver(folder: Path, seconds: float, marker: Path, new_session: bool) -> tuple[subprocess.Popen, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(folder), str(seconds), str(marker)],
+                            stdout=subprocess.PIPE, text=True, env=env, start_new_session=new_session)
+    job_id = proc.stdout.readline().strip()
+    t0 = time.time()
+    while not marker.exists() and time.time() - t0 < 30:  # the job itself has started
+        time.sleep(0.1)
+    assert job_id.isdigit() and marker.exists()
+    return proc, job_id
+
+
+def test_local_job_survives_driver_kill9_and_is_reattached(tmp_path):
+    folder = tmp_path / "jobs"
+    driver, job_id = _start_driver(folder, 3.0, tmp_path / "started", new_session=False)
+    driver.send_signal(signal.SIGKILL)  # kill -9 <driver pid>: the job's controller is re-parented
+    driver.wait()
+    job = reattach_job(folder, job_id, "local")
+    assert job_state(job) == "RUNNING"
+    assert job_outcome(job) is None
+    out = wait_outcome(job, 30)
+    assert out.ok and out.result == 42 and job_state(job) == "DONE"
+    # a job id that never ran here (or whose pid was reused by something else) is not "running"
+    ghost = reattach_job(folder, str(os.getpid()), "local")
+    assert job_state(ghost) == "FAILED" and "without writing a result" in job_outcome(ghost).reason
+
+
+def test_local_job_dies_with_driver_process_group(tmp_path):
+    folder = tmp_path / "jobs"
+    driver, job_id = _start_driver(folder, 30.0, tmp_path / "started", new_session=True)
+    os.killpg(driver.pid, signal.SIGKILL)  # e.g. Ctrl-C / kill -- -PGID: the whole group goes
+    driver.wait()
+    job = reattach_job(folder, job_id, "local")
+    t0 = time.time()
+    while job_state(job) == "RUNNING" and time.time() - t0 < 10:
+        time.sleep(0.1)
+    out = job_outcome(job)
+    assert not out.ok and out.state == "FAILED" and out.reason.startswith("killed"), out
+
+
+# ------------------------------------------------------------------------------------- SLURM
+def _slurm_ex(folder: Path, **options):
+    opts = {"timeout_min": 2, "partition": "debug", "cpus_per_task": 1}
+    opts.update(options)
+    return make_executor("slurm", folder, opts)
+
+
+def _wait_state(job, wanted: set[str], timeout_s: float = 30) -> str:
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        state = job_state(job)
+        if state in wanted:
+            return state
+        time.sleep(0.25)
+    raise AssertionError(f"job {job.job_id} still {job_state(job)} after {timeout_s}s (wanted {wanted})")
+
+
+@pytest.mark.slurm
+def test_slurm_array_and_threads(slurm_cluster, tmp_path):
+    ex = _slurm_ex(tmp_path / "jobs", array_parallelism=3, setup=["export ARBORSEG_TEST_EXTRA=from-setup"])
+    assert ex._executor.parameters["signal_delay_s"] == 30  # 2-min limit: not the default 90 s
+    jobs = ex.map_array(H.add, [1, 2, 3], [10, 20, 30])
+    assert len({j.job_id.split("_")[0] for j in jobs}) == 1  # one array
+    j_threads = ex.submit(H.thread_info)
+    outs = [wait_outcome(j, 60) for j in jobs]
+    assert [o.result for o in outs] == [11, 22, 33] and all(o.ok for o in outs), outs
+    assert all(job_state(j) == "DONE" for j in jobs)
+    info = wait_outcome(j_threads, 60).result
+    assert info["OMP_NUM_THREADS"] == "1" and info["torch"] == 1 and info["EXTRA"] == "from-setup"
+
+
+@pytest.mark.slurm
+def test_slurm_cancel_and_kill_are_failures(slurm_cluster, tmp_path):
+    ex = _slurm_ex(tmp_path / "jobs")
+    j_sleep, j_kill, j_boom = ex.submit(H.sleep_return, 60), ex.submit(H.kill_self), ex.submit(H.boom)
+    _wait_state(j_sleep, {"RUNNING"})
+    subprocess.run(["scancel", j_sleep.job_id], check=True)
+    cancelled = wait_outcome(j_sleep, 30)
+    assert not cancelled.ok and cancelled.state == "CANCELLED", cancelled
+    assert cancelled.reason == f"cancelled by scheduler (job {j_sleep.job_id}): see {cancelled.log}"
+    killed, boom = wait_outcome(j_kill, 30), wait_outcome(j_boom, 30)
+    assert not killed.ok and killed.reason.startswith("killed by signal 9 (SIGKILL)"), killed
+    assert not boom.ok and boom.reason.startswith("raised ValueError: boom"), boom
+    assert {job_state(j) for j in (j_sleep, j_kill, j_boom)} <= FINISHED_STATES
+    again = reattach_job(tmp_path / "jobs", j_sleep.job_id, "slurm")
+    assert job_state(again) == "CANCELLED"
+
+
+@pytest.mark.slurm
+def test_slurm_trial_conformance(slurm_cluster, tmp_run_dir, study_name):
+    storage = make_storage("journal", tmp_run_dir)  # the storage for shared filesystems
+    ex = _slurm_ex(tmp_run_dir / "jobs")
+    _conformance(study_name, storage, storage_url("journal", tmp_run_dir), ex, in_job_expected=True)
+
+
+@pytest.mark.slurm
+def test_slurm_preempted_checkpointable_job_resumes(slurm_cluster, tmp_path):
+    cpus = slurm_cluster["cpus"]
+    counter = tmp_path / "counter"
+    ex = _slurm_ex(tmp_path / "jobs", timeout_min=5, cpus_per_task=cpus)  # the whole node
+    job = ex.submit(H.CounterJob(str(counter), n=40, dt=0.25))
+    high = None
+    try:
+        t0 = time.time()
+        while not (counter.exists() and int(counter.read_text() or 0) >= 4):
+            assert time.time() - t0 < 30, f"counter job {job.job_id} did not start ({job_state(job)})"
+            time.sleep(0.1)
+        # a job in the 'high' partition needs the same CPUs: SLURM preempts ours (USR2 -> checkpoint -> requeue)
+        res = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", str(cpus), "-t", "1",
+                              "-o", str(tmp_path / "high.out"), "--wrap", "sleep 1"],
+                             capture_output=True, text=True, check=True)
+        high = res.stdout.strip().split(";")[0]
+        t1 = time.time()
+        while True:  # wait for the requeue (PENDING, BeginTime 120 s ahead) and release it
+            sq = subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%T"], capture_output=True, text=True)
+            if sq.stdout.strip() == "PENDING":
+                break
+            assert time.time() - t1 < 40, f"job {job.job_id} was not requeued: {sq.stdout.strip()}"
+            time.sleep(0.2)
+        time.sleep(1.5)
+        subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)
+        out = wait_outcome(job, 60)
+        assert out is not None and out.ok, out
+        assert out.result["count"] == 40
+        assert out.result["starts"][0] == 0 and len(out.result["starts"]) == 2, out.result
+        assert out.result["starts"][1] >= 4  # resumed from the on-disk counter, not from 0
+        assert out.result["requeues"] == 1
+        stderr = out.log.read_text()
+        assert "Caught signal SIGUSR2" in stderr
+    finally:
+        for jid in (job.job_id, high):
+            if jid:
+                subprocess.run(["scancel", jid], capture_output=True)
