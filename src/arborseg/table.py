@@ -1,148 +1,682 @@
 """Run tables: one row per trial, built from the Optuna storage and the trial folders.
 
-Columns: campaign, study, phase, trial, state, value (the campaign objective on validation),
-tree id / name / family / depth / width, params, FLOPs per voxel, the tree's training values,
-every metric as ``<region>.<metric>`` (e.g. ``eval_far.fn_401``), train time, steps, seed,
-attempt, failure or pruning reason, and the artifact folder.
+Columns of :func:`run_table` (dotted names group related columns; use them in backticks in
+``--where`` expressions, e.g. ``\\`eval_far.fn_401\\` < 1``):
+
+=============================  ===========================================================================
+column                         meaning
+=============================  ===========================================================================
+``campaign``                   the campaign's name (``<parent folder>/<name>`` when two folders share one)
+``study``, ``phase``           the Optuna study (``<campaign>.random``, ``<campaign>.refine.<tree id>``),
+                               ``random`` or ``refine``
+``trial``, ``trial_id``        Optuna's number within the study; the storage-wide id (= trial folder)
+``task``, ``state``, ``value``  driver task, COMPLETE / PRUNED / FAIL / RUNNING, the objective on validation
+                               (for PRUNED trials: the last reported value)
+``tree_name``, ``tree_id``     the trained tree
+``base_tree_id/name``          the tree a refinement started from (= the tree itself in phase A):
+                               ``--group-by tree`` groups on it
+``family``                     ``2d``, ``thin3d``, ``3d``, ``hybrid``, with ``+crf`` when a CRF refines it
+``depth``, ``width``,          deepest encoder-decoder, first width, training window z
+``window_z``
+``params``, ``flops_per_voxel``  size and cost
+``param.<path>``               the Optuna parameters of refinable paths (``param.training.lr``,
+                               ``param.defaults.width``, ...); structural draws are in the tree itself
+``hp.<key>``                   the tree's training values (``hp.lr``, ``hp.batch_size``, ...)
+``<region>.<metric>``          every metric of every region: ``validation``, ``eval_near``, ``eval_far`` x
+                               ``miou``, ``fg_iou``, ``mdice``, ``iou/<class>``, ``dice/<class>``,
+                               ``fn_<n>``, ``fp_<n>``, ``fn_<n>/<class>``, ... (see :mod:`arborseg.metrics`)
+``train_seconds``, ``steps``,  training time, steps, seed, attempt (retries), last reported step
+``seed``, ``attempt``,
+``last_step``
+``duration_s``, ``started``    wall time of the trial in the driver, its start
+``fail_reason``,               why a trial failed or was pruned
+``prune_reason``
+``artifact_dir``, ``run_dir``  the trial folder and the campaign folder
+=============================  ===========================================================================
+
+Campaign folders may be moved or copied: a storage file and trial folders that are no longer where the
+campaign recorded them are looked for in the campaign folder itself.
+
+Besides :func:`run_table`, this module filters (:func:`filter_table`), sorts (:func:`sort_table`),
+groups (:func:`group_table`), summarises campaigns (:func:`campaign_summary`), formats
+(:func:`format_table`) and writes (:func:`write_table`) tables.
 """
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import html
 import json
 import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from arborseg.errors import CampaignError
 
 BASE_COLUMNS = ["campaign", "study", "phase", "trial", "trial_id", "task", "state", "value", "tree_name", "tree_id",
-                "family", "depth", "width", "window_z", "params", "flops_per_voxel", "steps", "train_seconds", "seed",
-                "attempt", "duration_s", "fail_reason", "prune_reason", "artifact_dir"]
+                "base_tree_name", "base_tree_id", "family", "depth", "width", "window_z", "params",
+                "flops_per_voxel", "steps", "train_seconds", "seed", "attempt", "last_step", "duration_s", "started",
+                "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
+TAIL_COLUMNS = ["duration_s", "started", "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
+REGIONS = ("validation", "eval_near", "eval_far")
+STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+TABLE_FORMATS = ("terminal", "csv", "md", "html", "parquet", "json")
+_NAME_RE = re.compile(r"-d(?P<depth>\d+)w(?P<width>\d+)z(?P<z>\d+)-")
 
 
+# ---------------------------------------------------------------------------------------------- loading
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "campaign.json"
     if not path.is_file():
         raise CampaignError(f"{run_dir}: not a campaign folder (no campaign.json); campaigns live in runs/<name>/")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CampaignError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _trials(manifest: dict) -> list[tuple[str, Any]]:
+def find_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Campaign folders named by ``paths``: each a campaign folder or a folder of campaign folders (``runs/``)."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if (p / "campaign.json").is_file():
+            found = [p]
+        elif p.is_dir():
+            found = sorted(c for c in p.iterdir() if (c / "campaign.json").is_file())
+        else:
+            found = []
+        if not found:
+            what = "no such folder" if not p.exists() else "no campaign.json in it nor in its subfolders"
+            raise CampaignError(f"{p}: not a campaign folder ({what}); pass runs/<name>/ (or runs/ for all)")
+        out += [f for f in found if f.resolve() not in {o.resolve() for o in out}]
+    return out
+
+
+def _storage_file(url: str) -> Path | None:
+    """The file behind a SQLite or journal storage URL (None for a database server)."""
+    from arborseg.campaign.storage import JOURNAL_SCHEME
+
+    if url.startswith(JOURNAL_SCHEME):
+        return Path(url[len(JOURNAL_SCHEME):])
+    if url.startswith("sqlite:///"):
+        from sqlalchemy.engine import make_url
+
+        db = make_url(url).database
+        return Path(db) if db and not db.startswith(":") else None
+    return None
+
+
+def local_storage_url(manifest: dict[str, Any], run_dir: str | Path) -> str:
+    """The campaign's storage URL; a SQLite or journal file that was copied or moved with its campaign
+    folder is read from the folder itself."""
+    from arborseg.campaign.storage import JOURNAL_SCHEME
+
+    url = manifest["storage_url"]
+    run_dir = Path(run_dir).absolute()
+    path = _storage_file(url)
+    if path is None or path.parent.resolve() == run_dir.resolve() or not (run_dir / path.name).is_file():
+        return url
+    here = run_dir / path.name
+    if url.startswith(JOURNAL_SCHEME):
+        return f"{JOURNAL_SCHEME}{here}"
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=str(here)).render_as_string(hide_password=False)
+
+
+def _relocate(path: str | None, recorded_run_dir: str | None, run_dir: Path) -> str | None:
+    """Where ``path`` (recorded below ``recorded_run_dir``) is now: below ``run_dir`` when the campaign folder
+    was copied or moved, else ``path`` itself."""
+    if not path:
+        return path
+    p = Path(path)
+    if recorded_run_dir:
+        try:
+            candidate = run_dir / p.relative_to(recorded_run_dir)
+            if candidate.exists():
+                return str(candidate)
+        except ValueError:
+            pass
+    if p.exists():
+        return path
+    parts = p.parts
+    if "trials" in parts:
+        i = len(parts) - 1 - parts[::-1].index("trials")
+        candidate = run_dir.joinpath(*parts[i:])
+        if candidate.exists():
+            return str(candidate)
+    return path
+
+
+@dataclass
+class CampaignRun:
+    """One campaign folder read back: its manifest and every trial of its studies."""
+
+    name: str
+    run_dir: Path
+    manifest: dict[str, Any]
+    storage_url: str
+    trials: list[tuple[str, Any]] = field(default_factory=list)  # (study name, FrozenTrial)
+    label: str = ""  # the campaign column (name, or parent/name when names repeat)
+
+    @property
+    def objective(self) -> str:
+        return str(self.manifest.get("objective", "value"))
+
+    @property
+    def direction(self) -> str:
+        return str(self.manifest.get("direction", "maximize"))
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "objective": self.objective, "direction": self.direction,
+                "run_dir": str(self.run_dir), "storage_url": self.storage_url, "budget": self.manifest.get("budget")}
+
+
+def load_campaign(run_dir: str | Path) -> CampaignRun:
+    """Read a campaign folder: manifest, storage, trials (of the studies ``<name>.*``)."""
     import optuna
 
     from arborseg.campaign.storage import open_storage
 
-    storage = open_storage(manifest["storage_url"])
-    out = []
-    for summary in optuna.get_all_study_summaries(storage):
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    url = local_storage_url(manifest, run_dir)
+    storage = open_storage(url)
+    trials = []
+    for summary in sorted(optuna.get_all_study_summaries(storage), key=lambda s: s._study_id):
         if summary.study_name.startswith(f"{manifest['name']}."):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            out += [(summary.study_name, t) for t in study.get_trials(deepcopy=False)]
-    return out
+            trials += [(summary.study_name, t) for t in study.get_trials(deepcopy=False)]
+    return CampaignRun(manifest["name"], run_dir, manifest, url, trials, manifest["name"])
 
 
-def _tree_columns(tree_file: str | None) -> dict[str, Any]:
+def load_campaigns(run_dirs: list[str | Path]) -> list[CampaignRun]:
+    """:func:`load_campaign` for every campaign folder named (``runs/`` expands to its campaigns)."""
+    runs = [load_campaign(d) for d in find_run_dirs(list(run_dirs))]
+    names = [r.name for r in runs]
+    for run in runs:
+        if names.count(run.name) > 1:
+            run.label = f"{run.run_dir.absolute().parent.name}/{run.name}"
+    labels = [r.label for r in runs]
+    for run in runs:
+        if labels.count(run.label) > 1:
+            run.label = str(run.run_dir.absolute())
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------- rows
+def _tree_columns(tree_file: str | None) -> tuple[dict[str, Any], set[str]]:
     from arborseg.errors import ArborsegError
     from arborseg.tree import ModuleTree
 
     if not tree_file or not Path(tree_file).is_file():
-        return {}
+        return {}, set()
     try:
         tree = ModuleTree.load(tree_file)
-    except ArborsegError:
-        return {}
+    except (ArborsegError, OSError):
+        return {}, set()
     row = {"depth": tree.depth, "width": tree.width, "window_z": tree.window[0]}
     row.update({f"hp.{k}": v for k, v in tree.training})
-    return row
+    return row, set(tree.structural)
 
 
-def trial_row(campaign: str, study: str, trial) -> dict[str, Any]:
+def _is_refinable(path: str, structural: set[str], study: str) -> bool:
+    if structural:
+        return path not in structural
+    if ".refine." in study:  # refinement studies hold the structure fixed: every parameter is refinable
+        return True
+    return ".oneof" not in path and not path.endswith((".depth", ".branches", ".layers", ".blocks_per_level",
+                                                       ".layers_per_block", ".iterations"))
+
+
+def trial_row(campaign: str, study: str, trial, run_dir: str | Path | None = None,
+              recorded_run_dir: str | None = None) -> dict[str, Any]:
+    """One row of the run table for an Optuna ``trial`` of ``study``."""
     attrs = trial.user_attrs
+    here = Path(run_dir) if run_dir is not None else None
+    artifact_dir, tree_file = attrs.get("artifact_dir"), attrs.get("tree_file")
+    if here is not None:
+        artifact_dir = _relocate(artifact_dir, recorded_run_dir, here)
+        tree_file = _relocate(tree_file, recorded_run_dir, here)
+    steps_seen = sorted(trial.intermediate_values)
     row: dict[str, Any] = {
-        "campaign": campaign, "study": study, "phase": attrs.get("phase"), "trial": trial.number,
+        "campaign": campaign, "study": study, "phase": attrs.get("phase") or _phase_of(study), "trial": trial.number,
         "trial_id": trial._trial_id, "task": attrs.get("task"), "state": trial.state.name,
         "value": trial.value if trial.value is not None else math.nan,
-        "tree_name": attrs.get("tree_name"), "tree_id": attrs.get("tree_id"), "family": attrs.get("family"),
+        "tree_name": attrs.get("tree_name"), "tree_id": attrs.get("tree_id"),
+        "base_tree_id": attrs.get("parent_tree_id") or attrs.get("tree_id"), "family": attrs.get("family"),
         "params": attrs.get("params"), "flops_per_voxel": attrs.get("flops_per_voxel"), "steps": attrs.get("steps"),
         "train_seconds": attrs.get("train_seconds"), "seed": attrs.get("seed"), "attempt": attrs.get("attempt"),
+        "last_step": steps_seen[-1] if steps_seen else None,
         "duration_s": trial.duration.total_seconds() if trial.duration else math.nan,
+        "started": trial.datetime_start,
         "fail_reason": attrs.get("fail_reason"), "prune_reason": attrs.get("prune_reason"),
-        "artifact_dir": attrs.get("artifact_dir"),
+        "artifact_dir": artifact_dir, "run_dir": str(here) if here is not None else None,
     }
-    row.update(_tree_columns(attrs.get("tree_file")))
+    tree_cols, structural = _tree_columns(tree_file)
+    if "depth" not in tree_cols and attrs.get("tree_name"):  # no tree file: the name says depth, width and z
+        m = _NAME_RE.search(str(attrs["tree_name"]))
+        if m:
+            tree_cols.update(depth=int(m["depth"]), width=int(m["width"]), window_z=int(m["z"]))
+    row.update(tree_cols)
+    for path, value in trial.params.items():
+        if _is_refinable(path, structural, study):
+            row[f"param.{path}"] = value
     metrics = attrs.get("metrics")
-    if metrics is None and attrs.get("artifact_dir"):
-        path = Path(attrs["artifact_dir"]) / "metrics.json"
-        if path.is_file() and trial.state.name == "COMPLETE":
-            metrics = json.loads(path.read_text()).get("regions")
+    if metrics is None and artifact_dir and trial.state.name == "COMPLETE":
+        path = Path(artifact_dir) / "metrics.json"
+        if path.is_file():
+            try:
+                metrics = json.loads(path.read_text()).get("regions")
+            except (OSError, json.JSONDecodeError):
+                metrics = None
     for region, scores in (metrics or {}).items():
-        row.update({f"{region}.{key}": value for key, value in scores.items()})
+        if isinstance(scores, dict):
+            row.update({f"{region}.{key}": value for key, value in scores.items()})
     return row
 
 
-def run_table(run_dirs: list[str | Path]) -> pd.DataFrame:
-    """One row per trial of every campaign folder given."""
+def _phase_of(study: str) -> str | None:
+    parts = study.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ("random", "refine") else None
+
+
+def _numeric(series: pd.Series) -> pd.Series:
+    if series.dtype != object and not pd.api.types.is_string_dtype(series):
+        return series
+    values = series.dropna()
+    if len(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return pd.to_numeric(series, errors="coerce")
+    return series
+
+
+def _metric_sort_key(col: str) -> tuple:
+    region, _, metric = col.partition(".")
+    r = REGIONS.index(region) if region in REGIONS else len(REGIONS)
+    head, _, cls = metric.partition("/")
+    kind, _, n = head.rpartition("_") if head.startswith(("fn_", "fp_")) else (head, "", "")
+    order = ["miou", "fg_iou", "mdice", "iou", "dice", "precision", "recall", "fn", "fp", "positive_fraction",
+             "rand_error", "rand_precision", "rand_recall"]
+    k = order.index(kind) if kind in order else len(order)
+    return (r, region, bool(cls), k, kind, int(n) if n.isdigit() else -1, cls)
+
+
+def order_columns(columns: list[str]) -> list[str]:
+    """Base columns, then hyperparameters, then metrics by region, then bookkeeping columns."""
+    cols = list(columns)
+    head = [c for c in BASE_COLUMNS if c in cols and c not in TAIL_COLUMNS]
+    tail = [c for c in TAIL_COLUMNS if c in cols]
+    params = sorted(c for c in cols if c.startswith("param."))
+    hps = sorted(c for c in cols if c.startswith("hp."))
+    known = set(head) | set(tail) | set(params) | set(hps)
+    metrics = sorted((c for c in cols if c not in known and "." in c), key=_metric_sort_key)
+    other = [c for c in cols if c not in known and c not in metrics]
+    return head + params + hps + metrics + other + tail
+
+
+def run_table(run_dirs: list[str | Path], campaigns: list[CampaignRun] | None = None) -> pd.DataFrame:
+    """One row per trial of every campaign folder given, in the order the trials were created.
+
+    ``table.attrs["campaigns"]`` maps each value of the campaign column to its objective, direction,
+    folder and storage URL (used for sorting, grouping, summaries and plots)."""
+    runs = campaigns if campaigns is not None else load_campaigns(run_dirs)
     rows = []
-    for run_dir in run_dirs:
-        manifest = read_manifest(run_dir)
-        rows += [trial_row(manifest["name"], study, t) for study, t in _trials(manifest)]
+    for run in runs:
+        path = _storage_file(run.manifest.get("storage_url", ""))
+        recorded = str(path.parent) if path is not None else None
+        rows += [trial_row(run.label, study, t, run.run_dir, recorded) for study, t in run.trials]
+    names: dict[tuple, str] = {}
+    for row in rows:
+        if row["tree_id"] and row["tree_name"]:
+            names.setdefault((row["campaign"], row["tree_id"]), row["tree_name"])
+    for row in rows:
+        row["base_tree_name"] = names.get((row["campaign"], row["base_tree_id"]), row["tree_name"])
     table = pd.DataFrame(rows)
     if table.empty:
-        return pd.DataFrame(columns=BASE_COLUMNS)
-    first = [c for c in BASE_COLUMNS if c in table.columns]
-    rest = sorted(c for c in table.columns if c not in first)
-    return table[first + rest].sort_values(["campaign", "trial_id"]).reset_index(drop=True)
+        table = pd.DataFrame(columns=BASE_COLUMNS)
+    else:
+        table = pd.DataFrame({col: _numeric(table[col]) for col in order_columns(list(table.columns))})
+        order = {run.label: i for i, run in enumerate(runs)}
+        table = table.iloc[np.lexsort((table["trial_id"].to_numpy(), table["campaign"].map(order).to_numpy()))]
+        table = table.reset_index(drop=True)
+    table.attrs["campaigns"] = {run.label: run.info() for run in runs}
+    return table
 
 
+# ---------------------------------------------------------------------------------------------- operations
+def campaign_infos(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    return dict(table.attrs.get("campaigns") or {})
+
+
+def table_direction(table: pd.DataFrame, direction: str | None = None) -> str:
+    """``direction`` if given, else the direction of the table's campaigns (the first one's when they differ)."""
+    if direction:
+        return direction
+    infos = list(campaign_infos(table).values())
+    return infos[0].get("direction", "maximize") if infos else "maximize"
+
+
+def table_objective(table: pd.DataFrame) -> str | None:
+    objectives = {i.get("objective") for i in campaign_infos(table).values()}
+    return objectives.pop() if len(objectives) == 1 else None
+
+
+def _closest(name: str, columns) -> str:
+    close = difflib.get_close_matches(name, [str(c) for c in columns], n=3, cutoff=0.5)
+    return f": did you mean {' or '.join(close)}" if close else " (`arborseg table RUN --list-columns` lists them)"
+
+
+def quote_columns(expr: str, columns) -> str:
+    """Put backticks around column names that are not Python identifiers (``eval_far.fn_401``, ``iou/mito``)
+    where the expression left them bare (outside quotes and backticks)."""
+    special = sorted((str(c) for c in columns if not str(c).isidentifier()), key=len, reverse=True)
+    if not special:
+        return expr
+    pattern = re.compile(r"(?<![\w.`/])(" + "|".join(map(re.escape, special)) + r")(?![\w.`/])")
+    parts = re.split(r"(`[^`]*`|'[^']*'|\"[^\"]*\")", expr)
+    return "".join(p if i % 2 else pattern.sub(r"`\1`", p) for i, p in enumerate(parts))
+
+
+def filter_table(table: pd.DataFrame, where: str | None) -> pd.DataFrame:
+    """Rows where the pandas ``DataFrame.query`` expression ``where`` holds; one clear error otherwise.
+
+    Dotted column names may be written bare or in backticks: ``eval_far.fn_401 < 1``,
+    ```eval_far.fn_401` < 1``; strings in quotes: ``state == 'COMPLETE' and params < 1e6``."""
+    if not where or not where.strip():
+        return table
+    expr = quote_columns(where, table.columns)
+    try:
+        out = table.query(expr, engine="python")
+    except Exception as exc:  # noqa: BLE001 - any parse/eval problem is the user's expression
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ""
+        name = re.search(r"name '([^']+)' is not defined", detail)
+        if name:
+            token = re.search(rf"(?<![\w.`]){re.escape(name.group(1))}(?:\.[\w/]+)*", where)
+            missing = token.group(0) if token else name.group(1)
+            hint = f" (no column {missing}{_closest(missing, table.columns)})"
+        raise CampaignError(
+            f"--where {where!r}: {type(exc).__name__}: {detail}{hint}; write a pandas query such as "
+            "\"state == 'COMPLETE' and params < 1e6 and `eval_far.fn_401` < 1\" (column names with dots or "
+            "slashes may go in backticks, strings in quotes)") from None
+    if not isinstance(out, pd.DataFrame):
+        raise CampaignError(f"--where {where!r}: not a condition on rows")
+    out.attrs = dict(table.attrs)
+    return out
+
+
+def sort_table(table: pd.DataFrame, by: str | list[str] | None = None, ascending: bool | None = None,
+               direction: str | None = None) -> pd.DataFrame:
+    """Sort by column(s) ``by`` (NaN last), descending unless ``ascending``. Without ``by``: best first
+    (COMPLETE trials by the objective in the campaign's direction, then PRUNED, RUNNING, FAIL)."""
+    if table.empty:
+        return table
+    attrs = dict(table.attrs)
+    if by:
+        cols = [by] if isinstance(by, str) else list(by)
+        for col in cols:
+            if col not in table.columns:
+                raise CampaignError(f"--sort {col}: no such column{_closest(col, table.columns)}")
+        out = table.sort_values(cols, ascending=bool(ascending), na_position="last", kind="stable")
+    else:
+        maximize = table_direction(table, direction) == "maximize"
+        key = next((c for c in ("value", "value.mean", "best") if c in table.columns), None)
+        if key is None:
+            return table
+        asc = (not maximize) if ascending is None else ascending
+        if "state" in table.columns:
+            order = table["state"].map(STATE_ORDER).fillna(len(STATE_ORDER))
+            out = table.assign(_order=order).sort_values(["_order", key], ascending=[True, asc],
+                                                         na_position="last", kind="stable").drop(columns="_order")
+        else:
+            out = table.sort_values(key, ascending=asc, na_position="last", kind="stable")
+    out.attrs = attrs
+    return out
+
+
+NOT_AGGREGATED = {"trial", "trial_id", "attempt", "seed", "last_step"}
+
+
+def group_table(table: pd.DataFrame, by: str = "tree", direction: str | None = None) -> pd.DataFrame:
+    """One row per tree (``by="tree"``: the base tree, so seeds and refinements of it pool) or per family.
+
+    Counts of trials by state, then ``<column>.mean`` and ``<column>.std`` over the COMPLETE trials for
+    every numeric column (``value.mean``, ``eval_far.fn_401.std``, ...), and ``value.best`` with its
+    ``best_trial`` and ``best_tree``."""
+    if by not in ("tree", "family"):
+        raise CampaignError(f"--group-by {by}: use tree or family")
+    keys = ["campaign", "base_tree_id"] if by == "tree" else ["campaign", "family"]
+    if table.empty:
+        return pd.DataFrame(columns=keys + ["trials", "complete"])
+    infos = campaign_infos(table)
+    numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c]) and c not in NOT_AGGREGATED
+               and not pd.api.types.is_bool_dtype(table[c])]
+    rows = []
+    for key, group in table.groupby(keys, sort=False, dropna=False):
+        done = group[group["state"] == "COMPLETE"]
+        row: dict[str, Any] = dict(zip(keys, key))
+        if by == "tree":
+            row["base_tree_name"] = group["base_tree_name"].dropna().iloc[0] if group["base_tree_name"].notna().any() \
+                else None
+            row["family"] = group["family"].dropna().iloc[0] if group["family"].notna().any() else None
+        else:
+            row["trees"] = group["base_tree_id"].nunique()
+        row.update(trials=len(group), complete=len(done), pruned=int((group["state"] == "PRUNED").sum()),
+                   failed=int((group["state"] == "FAIL").sum()),
+                   seeds=int(done["seed"].nunique()) if "seed" in done else 0)
+        maximize = table_direction(table, direction or infos.get(row["campaign"], {}).get("direction")) == "maximize"
+        values = done["value"].dropna()
+        if len(values):
+            best = done.loc[values.idxmax() if maximize else values.idxmin()]
+            row.update({"value.best": best["value"], "best_trial": best["trial_id"], "best_tree": best["tree_name"]})
+        else:
+            row.update({"value.best": math.nan, "best_trial": None, "best_tree": None})
+        for col in numeric:
+            row[f"{col}.mean"] = done[col].mean() if len(done) else math.nan
+            row[f"{col}.std"] = done[col].std() if len(done) > 1 else math.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    lead = keys + ["base_tree_name", "family", "trees", "trials", "complete", "pruned", "failed", "seeds", "value.mean",
+                   "value.std", "value.best", "best_trial", "best_tree"]
+    first = [c for c in dict.fromkeys(lead) if c in out.columns]
+    out = out[first + [c for c in out.columns if c not in first]]
+    out.attrs = dict(table.attrs) | {"grouped": by}
+    return out
+
+
+def campaign_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per campaign: trials by state, nets trained, max / mean / best objective, the best tree and
+    its headline eval scores (like the seed work's snapshot index)."""
+    infos = campaign_infos(table)
+    labels = list(infos) or (list(dict.fromkeys(table["campaign"])) if "campaign" in table else [])
+    rows = []
+    for label in labels:
+        info = infos.get(label, {})
+        group = table[table["campaign"] == label] if not table.empty else table
+        done = group[group["state"] == "COMPLETE"] if len(group) else group
+        values = done["value"].dropna() if len(done) else pd.Series(dtype=float)
+        maximize = info.get("direction", "maximize") == "maximize"
+        row: dict[str, Any] = {
+            "campaign": label, "objective": info.get("objective"), "direction": info.get("direction"),
+            "trials": len(group), "complete": len(done),
+            "pruned": int((group["state"] == "PRUNED").sum()) if len(group) else 0,
+            "failed": int((group["state"] == "FAIL").sum()) if len(group) else 0,
+            "running": int((group["state"] == "RUNNING").sum()) if len(group) else 0,
+            "trees": int(group["base_tree_id"].nunique()) if len(group) else 0,
+            "nets": int(done["tree_id"].nunique()) if len(done) else 0,
+            "max": values.max() if len(values) else math.nan, "mean": values.mean() if len(values) else math.nan,
+            "best": (values.max() if maximize else values.min()) if len(values) else math.nan,
+        }
+        if len(values):
+            best = done.loc[values.idxmax() if maximize else values.idxmin()]
+            row.update(best_trial=best["trial_id"], best_tree=best["tree_name"], best_family=best["family"])
+            for col in ("eval_near.fg_iou", "eval_far.fg_iou", "eval_near.fn_401", "eval_far.fn_401"):
+                if col in best.index:
+                    row[f"best.{col}"] = best[col]
+        else:
+            row.update(best_trial=None, best_tree=None, best_family=None)
+        row["train_hours"] = float(group["train_seconds"].sum()) / 3600 if "train_seconds" in group else 0.0
+        row["run_dir"] = info.get("run_dir")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs = dict(table.attrs) | {"summary": True}
+    return out
+
+
+def select_columns(table: pd.DataFrame, columns: str | list[str] | None) -> pd.DataFrame:
+    """Keep the columns named (comma-separated; shell patterns such as ``eval_far.fn_*`` or ``param.*``)."""
+    if not columns:
+        return table
+    items = [c.strip() for c in (columns.split(",") if isinstance(columns, str) else columns) if c.strip()]
+    chosen: list[str] = []
+    for item in items:
+        matches = [c for c in table.columns if c == item] or \
+            [c for c in table.columns if fnmatch.fnmatchcase(str(c), item)]
+        if not matches:
+            raise CampaignError(f"--columns {item}: no such column{_closest(item, table.columns)}")
+        chosen += [m for m in matches if m not in chosen]
+    out = table[chosen]
+    out.attrs = dict(table.attrs)
+    return out
+
+
+def top_rows(table: pd.DataFrame, top: int | None) -> pd.DataFrame:
+    if top is None:
+        return table
+    if top < 1:
+        raise CampaignError(f"--top {top}: give a positive number of rows")
+    out = table.head(top)
+    out.attrs = dict(table.attrs)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- output
 SHOWN = ["trial_id", "phase", "state", "value", "tree_name", "family", "params", "eval_near.fg_iou",
          "eval_far.fg_iou", "eval_near.fn_401", "eval_far.fn_401", "train_seconds", "reason"]
+GROUP_SHOWN = ["campaign", "base_tree_name", "family", "trees", "trials", "complete", "pruned", "failed", "value.mean",
+               "value.std", "value.best", "best_tree", "params.mean", "eval_far.fg_iou.mean", "eval_far.fn_401.mean",
+               "eval_far.fn_401.std", "train_seconds.mean"]
+
+
+def _fmt_value(v: Any) -> str:
+    try:
+        if v is None or pd.isna(v):
+            return "-"
+    except (TypeError, ValueError):  # a list or array: not a missing value
+        pass
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()
+                                             and abs(v) < 1e15):
+        return f"{int(v):,}" if abs(v) >= 10000 else str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.4g}"
+    return str(v)
 
 
 def format_table(table: pd.DataFrame, top: int | None = 10, objective: str | None = None,
-                 direction: str = "maximize") -> str:
-    """A readable terminal table: the best trials first, failures last with their reason."""
+                 direction: str = "maximize", columns: list[str] | None = None, order: bool = True) -> str:
+    """A readable terminal table: the best trials first (``order=False`` keeps the given order), failures
+    last with their reason; a chosen set of columns unless ``columns`` names them."""
     if table.empty:
-        return "(no trials yet)"
+        return "(no trials yet)" if not table.attrs.get("grouped") else "(no rows)"
     view = table.copy()
-    view["reason"] = view.get("fail_reason", pd.Series(dtype=object)).fillna(
-        view.get("prune_reason", pd.Series(dtype=object))).fillna("").astype(str).str.slice(0, 60)
-    order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "FAIL": 3}
-    view["_order"] = view["state"].map(order).fillna(4)
-    view = view.sort_values(["_order", "value"], ascending=[True, direction != "maximize"])
+    grouped = bool(table.attrs.get("grouped") or table.attrs.get("summary"))
+    if not grouped and "state" in view:
+        view["reason"] = view.get("fail_reason", pd.Series(index=view.index, dtype=object)).fillna(
+            view.get("prune_reason", pd.Series(index=view.index, dtype=object))).fillna("").astype(str).str.slice(0, 60)
+    several = len(campaign_infos(table)) > 1 or ("campaign" in view and view["campaign"].nunique() > 1)
+    if order:
+        view = sort_table(view, direction=direction)
     if top:
         view = view.head(top)
-    cols = [c for c in SHOWN if c in view.columns]
-    if objective:
+    if columns:
+        cols = [c for c in columns if c in view.columns]
+    elif table.attrs.get("summary"):
+        cols = list(view.columns.drop("run_dir", errors="ignore"))
+    elif table.attrs.get("grouped"):
+        cols = [c for c in GROUP_SHOWN if c in view.columns and (c != "campaign" or several)]
+        if table.attrs["grouped"] == "family":
+            cols = [c for c in cols if c not in ("base_tree_name",)]
+    else:
+        cols = [c for c in SHOWN if c in view.columns]
+        if "campaign" in view and several:
+            cols = ["campaign"] + cols
+    if objective and "value" in cols:
         view = view.rename(columns={"value": f"value ({objective})"})
         cols = [f"value ({objective})" if c == "value" else c for c in cols]
-    return view[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+    view = view[cols]
+    return view.to_string(index=False, formatters={c: _fmt_value for c in view.columns}, na_rep="-")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no extra package needed)."""
+    def cell(v: Any) -> str:
+        return _fmt_value(v).replace("|", "\\|").replace("\n", " ")
+
+    cols = [str(c) for c in table.columns]
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |",
+             "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_html_table(table: pd.DataFrame, table_id: str = "runs", classes: str = "runs") -> str:
+    """An HTML ``<table>`` with numbers formatted, state classes on rows and numeric cells marked."""
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    head = "".join(f'<th{" class=num" if n else ""} title="{html.escape(str(c))}">{html.escape(str(c))}</th>'
+                   for c, n in zip(table.columns, numeric))
+    body = []
+    states = table["state"] if "state" in table.columns else None
+    for i, row in enumerate(table.itertuples(index=False)):
+        cls = f' class="{html.escape(str(states.iloc[i]).lower())}"' if states is not None else ""
+        cells = []
+        for v, n in zip(row, numeric):
+            text = html.escape(_fmt_value(v))
+            sort_key = "" if not n or text == "-" else f' data-v="{v}"'
+            cells.append(f'<td{" class=num" if n else ""}{sort_key}>{text}</td>')
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    return (f'<table id="{table_id}" class="{classes}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
 
 
 def write_table(table: pd.DataFrame, out: str | None, fmt: str | None) -> str:
     """Write the table as csv, md, html, parquet or json; return a one-line confirmation (or the text)."""
-    fmt = fmt or (Path(out).suffix.lstrip(".") if out else "csv")
-    fmt = {"markdown": "md", "htm": "html"}.get(fmt, fmt)
-    if fmt == "parquet" and not out:
-        raise CampaignError("--format parquet needs --out FILE")
-    writers = {"csv": lambda: table.to_csv(index=False), "md": lambda: table.to_markdown(index=False),
-               "html": lambda: table.to_html(index=False, na_rep="-"), "json": lambda: table.to_json(orient="records")}
+    fmt = fmt or (Path(out).suffix.lstrip(".").lower() if out else "csv")
+    fmt = {"markdown": "md", "htm": "html", "pq": "parquet", "txt": "terminal"}.get(fmt, fmt)
     if fmt == "parquet":
-        table.to_parquet(out, index=False)
+        if not out:
+            raise CampaignError("--format parquet needs --out FILE (Parquet is binary)")
+        try:
+            table.to_parquet(out, index=False)
+        except ImportError:
+            raise CampaignError("Parquet output needs pyarrow: pip install pyarrow (or write --format csv)") from None
         return f"wrote {len(table)} rows to {out}"
+    writers = {"csv": lambda: table.to_csv(index=False), "md": lambda: to_markdown(table),
+               "html": lambda: to_html_table(table),
+               "json": lambda: table.to_json(orient="records", date_format="iso", indent=1),
+               "terminal": lambda: table.to_string(index=False, na_rep="-",
+                                                   formatters={c: _fmt_value for c in table.columns})}
     if fmt not in writers:
         raise CampaignError(f"unknown table format {fmt!r}; use csv, md, html, parquet or json")
-    try:
-        text = writers[fmt]()
-    except ImportError as exc:
-        raise CampaignError(f"format {fmt} needs an extra package: {exc}") from None
+    text = writers[fmt]()
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
         return f"wrote {len(table)} rows to {out}"
     return text
 
 
+# ---------------------------------------------------------------------------------------------- status
 def campaign_status(run_dir: str | Path) -> str:
     """Trials by state, the best so far, and what is running."""
     manifest = read_manifest(run_dir)
@@ -159,7 +693,8 @@ def campaign_status(run_dir: str | Path) -> str:
         lines.append(f"best: trial {best['trial_id']} {best['tree_name']} ({best['family']}) "
                      f"{manifest['objective']}={best['value']:.4f}")
     for _, row in (table[table["state"] == "RUNNING"] if not table.empty else table).iterrows():
-        lines.append(f"running: trial {row['trial_id']} {row['task']} {row['tree_name']} (artifacts {row['artifact_dir']})")
+        lines.append(f"running: trial {row['trial_id']} {row['task']} {row['tree_name']} "
+                     f"(artifacts {row['artifact_dir']})")
     for _, row in (table[table["state"] == "FAIL"] if not table.empty else table).iterrows():
         lines.append(f"failed: trial {row['trial_id']} {row['task']}: {row['fail_reason']}")
     return "\n".join(lines)
