@@ -110,6 +110,10 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+# modules that add further commands (results, ensembles, bundles, bootstrapping)
+CLI_MODULES: tuple[str, ...] = ("report_cli",)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arborseg", description="Architecture search and ensembles for "
                                      "volume-EM segmentation.")
@@ -161,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="progress of a campaign: trials by state, best so far, running jobs")
     p.add_argument("run_dir")
 
-    from arborseg import report_cli
+    import importlib
 
-    report_cli.add_parsers(sub, command)
+    for name in CLI_MODULES:  # each adds its commands with add_parsers(sub, command)
+        importlib.import_module(f"arborseg.{name}").add_parsers(sub, command)
     return parser
 
 
