@@ -3,7 +3,8 @@
 #
 #   1. PostgreSQL server binaries (initdb, pg_ctl): installed with apt-get if `initdb` is not found on PATH
 #      nor under /usr/lib/postgresql/*/bin. The tests start their own throw-away server (tests/conftest.py).
-#   2. A real one-node SLURM cluster (with sacct) via ../shared/tools/slurm_local.sh start (relative to the
+#   2. Headless Chromium (Debian package `chromium`) for the HTML report test.
+#   3. A real one-node SLURM cluster (with sacct) via ../shared/tools/slurm_local.sh start (relative to the
 #      repository root). If that script is missing, this step is skipped with a message (slurm tests skip).
 #
 # Idempotent: a second run finds everything in place and only reports it. The cluster is left running;
@@ -43,6 +44,17 @@ else
         elif f=$(find_initdb); then say "PostgreSQL: installed ($f)"
         else say "PostgreSQL: installed but initdb still not found; postgres tests will skip"; fi
     fi
+fi
+
+# ---------------------------------------------------------------- headless Chromium (report rendering test)
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+    say "Chromium: already installed"
+elif [ "$(id -u)" = 0 ]; then
+    say "Chromium: apt-get install chromium (the HTML report test renders the report in it)"
+    { apt-get install -y -q --no-install-recommends chromium || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; } \
+        >/tmp/slurm_up_chromium.log 2>&1 || { tail -n 5 /tmp/slurm_up_chromium.log >&2; say "Chromium: install failed; browser tests will skip"; }
+else
+    say "Chromium: not installed and not root; browser tests will skip"
 fi
 
 # ---------------------------------------------------------------- SLURM
