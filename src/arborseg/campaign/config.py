@@ -12,7 +12,8 @@
       steps: 150                      # train steps per trial
       eval_every: 50                  # validation (and pruning report) interval
     objective: {metric: fg_iou}       # direction inferred (fn_*/fp_* minimise), or give direction:
-    sampler: {name: tpe, seed: 0}     # tpe | cmaes | random (phase B)
+    sampler: {name: tpe, seed: 0}     # tpe | cmaes | random (phase B); other keys go to the Optuna sampler
+    seed: 0                           # seeds the samplers (default: sampler.seed, else 0)
     pruner: {name: median, n_startup_trials: 2, n_warmup_steps: 50}   # median | successive_halving | hyperband | none
     executor: {kind: local, workers: 2}   # debug | local | slurm (+ slurm options)
     storage: sqlite                   # sqlite | journal | journal:/path | an SQLAlchemy URL
@@ -161,13 +162,44 @@ def load_campaign(path: str | Path) -> CampaignConfig:
     executor = {"kind": "local", **(raw.get("executor") or {})}
     if executor["kind"] not in EXECUTORS:
         raise CampaignError(f"{source}: executor.kind: {executor['kind']!r}{_suggest(executor['kind'], EXECUTORS)}")
+    if executor["kind"] == "local":
+        # one default for the driver (jobs in flight) and the executor (CPU threads per job = CPUs / workers)
+        executor.setdefault("workers", 2)
     train = dict(raw.get("train") or {})
+    if "objective" in train and train["objective"] != metric:
+        raise CampaignError(f"{source}: train.objective {train['objective']!r} differs from objective.metric "
+                            f"{metric!r}: give the metric once, under objective:")
     try:
         TrainSettings.from_dict({**train, "objective": metric})
     except Exception as exc:  # noqa: BLE001 - reported as a campaign error
         raise CampaignError(f"{source}: train: {exc}") from None
+    seed = _non_negative_int(raw.get("seed", sampler.get("seed", 0)), "seed", source)
+    _check_sampler_options(sampler, source)
+    storage = raw.get("storage", "sqlite")
+    if not isinstance(storage, str) or not storage.strip():
+        raise CampaignError(f"{source}: storage: expected sqlite, journal, journal:/path or an SQLAlchemy URL, "
+                            f"got {storage!r}")
     return CampaignConfig(name=name, source=path.resolve(), data=data, data_spec=data_spec, space_path=space_path,
                           budget=budget, objective=metric, direction=direction, sampler=sampler, pruner=pruner,
-                          executor=executor, storage=str(raw.get("storage", "sqlite")), train=train,
-                          retries=int(raw.get("retries", 0)), seed=int(raw.get("seed", 0)),
+                          executor=executor, storage=storage.strip(), train=train,
+                          retries=_non_negative_int(raw.get("retries", 0), "retries", source), seed=seed,
                           description=str(raw.get("description", "")), raw=raw)
+
+
+def _non_negative_int(value: Any, key: str, source: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CampaignError(f"{source}: {key}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _check_sampler_options(sampler: dict[str, Any], source: str) -> None:
+    """Build the sampler once so that an unknown option fails here, not in the middle of a run."""
+    import optuna
+
+    options = {k: v for k, v in sampler.items() if k not in ("name", "seed")}
+    cls = {"tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler,
+           "random": optuna.samplers.RandomSampler}[sampler["name"]]
+    try:
+        cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise CampaignError(f"{source}: sampler: {exc} (see the {cls.__name__} documentation of Optuna)") from None

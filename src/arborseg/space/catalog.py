@@ -52,6 +52,20 @@ class ParamSpec:
             return f"{value!r} is above the maximum {self.high}"
         return None
 
+    def limit(self, value: Any) -> Any:
+        """``value`` moved into the allowed values: the nearest option, or clipped to [low, high]. Used for
+        values adjusted with ``{times: f}``, whose product can leave the range the parameter allows."""
+        if self.options is not None and value not in self.options:
+            numeric = [o for o in self.options if isinstance(o, (int, float)) and not isinstance(o, bool)]
+            if numeric and isinstance(value, (int, float)):
+                return min(numeric, key=lambda o: (abs(o - value), o))
+            return value
+        if self.low is not None and value < self.low:
+            value = self.kind(self.low) if self.kind in (int, float) else value
+        if self.high is not None and value > self.high:
+            value = self.kind(self.high) if self.kind in (int, float) else value
+        return value
+
     def coerce(self, value: Any) -> Any:
         if self.kind is float and not isinstance(value, bool):
             return float(value)

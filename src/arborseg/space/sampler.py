@@ -54,8 +54,8 @@ def _sample(node: NodeSpec | OneOfSpec, draw: Draw, context: dict[str, Any]) -> 
         param = spec.param_index.get(key) or INHERITED[key]
         default = context.get(key, param.default)
         sampled = param.coerce(_value(value, f"{node.path}.{key}", draw, param.structural, default))
-        if param.kind is int and isinstance(value, Times):
-            sampled = max(1, sampled)
+        if isinstance(value, Times):  # keep the product inside what the parameter allows
+            sampled = param.limit(max(1, sampled) if param.kind is int else sampled)
         if key in INHERITED:
             context[key] = sampled
         if key in spec.param_index:

@@ -2,12 +2,13 @@
 
 YAML forms (``name`` is any hyperparameter key):
 
-- ``name: 3`` / ``name: instance`` / ``name: [1, 3, 3]``: a constant;
+- ``name: 3`` / ``name: instance`` / ``name: true``: a constant;
 - ``name: {int: [2, 5]}`` (optional ``log: true``, ``step: 2``): an integer range, both ends included;
 - ``name: {float: [1.0e-4, 1.0e-2], log: true}``: a float range;
 - ``name: {choice: [instance, batch]}``: one of the listed values;
 - ``name: {times: 2}`` (the factor may itself be a distribution): the value inherited from the
-  parent node, multiplied (integers are rounded and kept >= 1).
+  parent node, multiplied (integers are rounded and kept >= 1; the product is kept inside what the
+  parameter allows: clipped to its range, or the nearest of its allowed values).
 
 Sampling goes through a :class:`Draw`, so the same space can be sampled at random
 (:class:`RandomDraw`), replayed (:class:`FixedDraw`) or refined by Optuna
