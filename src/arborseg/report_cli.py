@@ -11,11 +11,11 @@ WHERE_HELP = ("keep rows where this pandas query holds, e.g. \"state == 'COMPLET
               "column names may be bare or in backticks: \"`eval_far.fn_401` < 1\" (applied before --group-by)")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, ensembles: bool = False):
     from arborseg.table import filter_table, load_campaigns, run_table
 
     runs = load_campaigns(args.run_dirs)
-    return runs, filter_table(run_table([], campaigns=runs), getattr(args, "where", None))
+    return runs, filter_table(run_table([], campaigns=runs, ensembles=ensembles), getattr(args, "where", None))
 
 
 def _table(args: argparse.Namespace) -> int:
@@ -25,7 +25,7 @@ def _table(args: argparse.Namespace) -> int:
 
     if args.summary and args.group_by:
         raise CampaignError("--summary and --group-by are two different views: give one of them")
-    _, table = _load(args)
+    _, table = _load(args, ensembles=not (args.summary or args.group_by or args.no_ensembles))
     if args.list_columns:
         print("\n".join(str(c) for c in table.columns))
         return 0
@@ -88,6 +88,8 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--columns", metavar="LIST", help="comma-separated columns or patterns, e.g. "
                                                      "'tree_name,value,eval_far.fn_*,param.*'")
     p.add_argument("--list-columns", action="store_true", help="print the column names and stop")
+    p.add_argument("--no-ensembles", action="store_true",
+                   help="leave out the rows of ensembles (state ENSEMBLE; never in --summary or --group-by)")
     p.add_argument("--format", choices=TABLE_FORMATS, default=None,
                    help="terminal (default), csv, md, html, parquet (needs pyarrow) or json; with --out the "
                         "suffix chooses when --format is not given")

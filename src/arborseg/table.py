@@ -34,6 +34,13 @@ column                         meaning
 ``artifact_dir``, ``run_dir``  the trial folder and the campaign folder
 =============================  ===========================================================================
 
+With ``run_table(..., ensembles=True)`` (the plain ``arborseg table`` view) each ensemble built by
+``arborseg ensemble`` (``RUN_DIR/ensembles/<name>/ensemble.json``) adds a row: ``state`` ``ENSEMBLE`` (sorted
+with the COMPLETE trials by value), ``phase`` ``ensemble``, ``task`` ``ensemble:<name>``, ``tree_name`` the
+ensemble's name, ``family`` ``ensemble/<fusion>``, ``value`` the objective on validation, ``params`` the
+members' total, every ``<region>.<metric>``, and ``artifact_dir`` the ensemble folder
+(:func:`arborseg.ensemble.manifest.ensemble_rows`).
+
 Campaign folders may be moved or copied: a storage file and trial folders that are no longer where the
 campaign recorded them are looked for in the campaign folder itself.
 
@@ -65,7 +72,7 @@ BASE_COLUMNS = ["campaign", "study", "phase", "trial", "trial_id", "task", "stat
                 "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
 TAIL_COLUMNS = ["duration_s", "started", "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
 REGIONS = ("validation", "eval_near", "eval_far")
-STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+STATE_ORDER = {"COMPLETE": 0, "ENSEMBLE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 TABLE_FORMATS = ("terminal", "csv", "md", "html", "parquet", "json")
 _NAME_RE = re.compile(r"-d(?P<depth>\d+)w(?P<width>\d+)z(?P<z>\d+)-")
 
@@ -321,8 +328,10 @@ def order_columns(columns: list[str]) -> list[str]:
     return head + params + hps + metrics + other + tail
 
 
-def run_table(run_dirs: list[str | Path], campaigns: list[CampaignRun] | None = None) -> pd.DataFrame:
-    """One row per trial of every campaign folder given, in the order the trials were created.
+def run_table(run_dirs: list[str | Path], campaigns: list[CampaignRun] | None = None,
+              ensembles: bool = False) -> pd.DataFrame:
+    """One row per trial of every campaign folder given, in the order the trials were created; with
+    ``ensembles`` one more row per ensemble of each campaign after its trials (see the module doc).
 
     ``table.attrs["campaigns"]`` maps each value of the campaign column to its objective, direction,
     folder and storage URL (used for sorting, grouping, summaries and plots)."""
@@ -332,6 +341,10 @@ def run_table(run_dirs: list[str | Path], campaigns: list[CampaignRun] | None = 
         path = _storage_file(run.manifest.get("storage_url", ""))
         recorded = str(path.parent) if path is not None else None
         rows += [trial_row(run.label, study, t, run.run_dir, recorded) for study, t in run.trials]
+        if ensembles:
+            from arborseg.ensemble.manifest import ensemble_rows
+
+            rows += ensemble_rows(run.run_dir, run.label)
     names: dict[tuple, str] = {}
     for row in rows:
         if row["tree_id"] and row["tree_name"]:

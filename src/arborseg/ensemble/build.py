@@ -1,0 +1,269 @@
+"""``arborseg ensemble``: from a campaign folder to ``RUN_DIR/ensembles/<name>/ensemble.json``.
+
+Steps: the K best distinct trees (:mod:`.select`) -> K x M members trained as jobs (:mod:`.members`)
+-> member probabilities of validation / eval_near / eval_far -> for each fusion rule, members chosen on
+validation (:mod:`.greedy`) -> the fusion with the best validation objective (``auto``) -> scores of the
+ensemble and of every member on every region -> the gain over the best single member with bootstrap
+intervals over eval slices (:mod:`.bootstrap`) -> ``ensemble.json`` (:mod:`.manifest`). Rerunning the
+same command trains nothing that is finished and recomputes the choice.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arborseg.ensemble.bootstrap import gain_metrics, region_gain
+from arborseg.ensemble.fusion import FUSIONS, _argmax, fuse_weighted
+from arborseg.ensemble.greedy import Selection, choose_members
+from arborseg.ensemble.manifest import FORMAT, write_manifest
+from arborseg.ensemble.members import (PROB_REGIONS, MemberSpec, is_finished, load_probs, predict_member,
+                                       run_members)
+from arborseg.ensemble.objective import Scoring, better, objective_score
+from arborseg.ensemble.select import TreeChoice, open_campaign, top_trees
+from arborseg.errors import ArborsegError, CampaignError
+from arborseg.log import get_logger
+
+log = get_logger(__name__)
+
+SELECTIONS = ("greedy", "all")
+FUSION_CHOICES = FUSIONS + ("auto",)
+
+
+@dataclass
+class EnsembleSettings:
+    """What ``arborseg ensemble`` was asked: see ``arborseg ensemble --help``."""
+
+    top: int = 3
+    seeds: int = 2
+    fusion: str = "auto"
+    selection: str = "greedy"
+    name: str | None = None
+    executor: str | None = None
+    steps: int | None = None
+    bootstrap: int = 1000
+    rounds: int | None = None
+    reuse: bool = True
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.top < 1 or self.seeds < 1:
+            raise ArborsegError(f"--top {self.top} --seeds {self.seeds}: both must be at least 1")
+        if self.fusion not in FUSION_CHOICES:
+            raise ArborsegError(f"--fusion {self.fusion!r}: use one of {', '.join(FUSION_CHOICES)}")
+        if self.selection not in SELECTIONS:
+            raise ArborsegError(f"--selection {self.selection!r}: use greedy or all")
+        if self.steps is not None and self.steps < 1:
+            raise ArborsegError(f"--steps {self.steps}: give at least 1 training step")
+        if self.bootstrap < 1:
+            raise ArborsegError(f"--bootstrap {self.bootstrap}: give at least 1 resample (1000 is usual)")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise ArborsegError(f"--name {self.name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+
+    @property
+    def ensemble_name(self) -> str:
+        return self.name or f"top{self.top}x{self.seeds}"
+
+
+@dataclass
+class EnsembleResult:
+    """The ensemble folder and its manifest (the content of ``ensemble.json``)."""
+
+    dir: Path
+    manifest: dict[str, Any]
+    selections: dict[str, Selection] = field(default_factory=dict)
+
+
+def plan_members(trees: list[TreeChoice], seeds: list[int], ensemble_dir: Path, steps: int,
+                 reuse: bool) -> list[MemberSpec]:
+    """One member per tree and seed, best tree first; a member equal to a campaign trial may be copied."""
+    specs = []
+    for tree in trees:
+        for seed in seeds:
+            out = ensemble_dir / "members" / f"{tree.tree_id[:10]}-s{seed}"
+            out.mkdir(parents=True, exist_ok=True)
+            if not (out / "tree.yaml").is_file():
+                shutil.copyfile(tree.tree_file, out / "tree.yaml")
+            same = reuse and tree.seed == seed and tree.steps == steps and is_finished(tree.artifact_dir)
+            specs.append(MemberSpec(tree.tree_id, tree.tree_name, tree.family, seed, out / "tree.yaml", out,
+                                    tree.trial_id, tree.artifact_dir if same else None))
+    return specs
+
+
+def pick_fusion(values: dict[str, float], direction: str) -> str:
+    """The fusion with the best validation value (the first listed on ties)."""
+    names = list(values)
+    best = names[0]
+    for name in names[1:]:
+        if better(values[name], values[best], direction):
+            best = name
+    return best
+
+
+def build_ensemble(run_dir: str | Path, settings: EnsembleSettings | None = None) -> EnsembleResult:
+    """Build (or resume) the ensemble ``settings.ensemble_name`` of the campaign in ``run_dir``."""
+    settings = settings or EnsembleSettings()
+    settings.check()
+    ctx = open_campaign(run_dir)
+    data = ctx.data
+    if "validation" not in data.regions:
+        raise CampaignError(f"{ctx.run_dir}: the data has no validation region to choose the ensemble on; "
+                            "add regions.validation to the data YAML")
+    ensemble_dir = ctx.run_dir / "ensembles" / settings.ensemble_name
+    trees = top_trees(ctx, settings.top)
+    train = ctx.config.train_settings
+    steps = settings.steps or int(ctx.config.budget["steps"])
+    train_dict = asdict(train) | {"steps": steps, "eval_every": max(1, min(train.eval_every, steps))}
+    seeds = [int(train.seed) + j for j in range(settings.seeds)]
+    specs = plan_members(trees, seeds, ensemble_dir, steps, settings.reuse)
+    log.info("ensemble %s: %d trees x %d seeds = %d members in %s", settings.ensemble_name, len(trees),
+             len(seeds), len(specs), ensemble_dir)
+
+    kind = settings.executor or ctx.config.executor["kind"]
+    options = {k: v for k, v in ctx.config.executor.items() if k != "kind"}
+    states = run_members(specs, ctx.data_arg, train_dict, kind, options, ensemble_dir / "jobs", settings.progress)
+    done = [s for s in specs if states.get(s.key, {}).get("state") == "COMPLETE"]
+    if not done:
+        reasons = "; ".join(f"{s.key}: {states.get(s.key, {}).get('reason', '?')}" for s in specs[:3])
+        raise ArborsegError(f"no member of ensemble {settings.ensemble_name} trained ({reasons}); fix the cause and "
+                            "run the same command again")
+
+    regions = [r for r in PROB_REGIONS if r in data.regions]
+    _ensure_probs(done, data, regions, train, settings.progress)
+    scoring = Scoring.from_data(data, train.fn_mode)
+    objective, direction = ctx.objective, ctx.direction
+
+    done, selections = choose_on_validation(done, data, scoring, objective, direction, settings)
+    chosen = selections[pick_fusion({f: sel.value for f, sel in selections.items()}, direction)]
+    ens_scores, member_scores, gains = score_regions(done, chosen, data, scoring, regions, objective,
+                                                     settings.bootstrap)
+
+    manifest = _manifest(ctx, settings, specs, states, done, chosen, selections, ens_scores, member_scores, gains,
+                         ensemble_dir, steps, train_dict)
+    write_manifest(ensemble_dir, manifest)
+    log.info("ensemble %s: %s fusion of %d member(s), %s=%.4f on validation; written to %s", settings.ensemble_name,
+             chosen.fusion, len(chosen.chosen), objective, chosen.value, ensemble_dir / "ensemble.json")
+    return EnsembleResult(ensemble_dir, manifest, selections)
+
+
+def choose_on_validation(done: list[MemberSpec], data, scoring: Scoring, objective: str, direction: str,
+                         settings: EnsembleSettings) -> tuple[list[MemberSpec], dict[str, Selection]]:
+    """Order the members best first by their own validation objective; choose members for each fusion rule."""
+    labels = data.read_labels("validation")
+    probs = np.stack([load_probs(s.out_dir, "validation") for s in done])
+    single = [objective_score(_argmax(p), labels, objective, scoring) for p in probs]
+    order = sorted(range(len(done)), key=lambda i: _rank(single[i], direction))
+    done, probs = [done[i] for i in order], probs[order]
+
+    def score(pred: np.ndarray) -> float:
+        return objective_score(pred, labels, objective, scoring)
+
+    selections: dict[str, Selection] = {}
+    for fusion in (list(FUSIONS) if settings.fusion == "auto" else [settings.fusion]):
+        selections[fusion] = choose_members(probs, labels, score, direction, fusion, settings.selection,
+                                            data.ignore_value, settings.rounds)
+        log.info("fusion %-8s: %s=%.4f on validation with %d member(s)", fusion, objective,
+                 selections[fusion].value, len(selections[fusion].chosen))
+    return done, selections
+
+
+def score_regions(done: list[MemberSpec], chosen: Selection, data, scoring: Scoring, regions: list[str],
+                  objective: str, n_boot: int) -> tuple[dict, list[dict], dict]:
+    """(ensemble scores per region, each member's scores per region, gains over ``done[0]`` per eval region).
+
+    ``done[0]`` is the best single member on validation (see :func:`choose_on_validation`)."""
+    metrics = gain_metrics(objective)
+    ens_scores: dict[str, dict[str, float]] = {}
+    member_scores: list[dict[str, dict[str, float]]] = [{} for _ in done]
+    gains: dict[str, dict[str, dict[str, float]]] = {}
+    for region in regions:
+        labels = data.read_labels(region)
+        probs = np.stack([load_probs(s.out_dir, region) for s in done])
+        _, ens_pred = fuse_weighted(probs, chosen.fusion, chosen.weights)
+        ens_scores[region] = scoring.score(ens_pred, labels)
+        preds = [_argmax(p) for p in probs]
+        del probs
+        for i, pred in enumerate(preds):
+            member_scores[i][region] = scoring.score(pred, labels)
+        if region != "validation":
+            gains[region] = region_gain(ens_pred, preds[0], labels, metrics, scoring, n_boot)
+    return ens_scores, member_scores, gains
+
+
+def _rank(value: float, direction: str) -> float:
+    if value is None or math.isnan(value):
+        return math.inf
+    return -value if direction == "maximize" else value
+
+
+def _ensure_probs(done: list[MemberSpec], data, regions: list[str], train, progress: bool) -> None:
+    """Predict here the regions a member has no probabilities of (copied trials, older members)."""
+    from tqdm.auto import tqdm
+
+    missing = [s for s in done if any(not (s.out_dir / "probs" / f"{r}.npy").is_file() for r in regions)]
+    for spec in tqdm(missing, desc="predict", unit="member", disable=not progress or not missing):
+        todo = [r for r in regions if not (spec.out_dir / "probs" / f"{r}.npy").is_file()]
+        predict_member(spec.out_dir / "model.pt", data, todo, train, spec.out_dir)
+
+
+def _member_entry(spec: MemberSpec, ensemble_dir: Path, weight: float, scores: dict | None,
+                  state: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    from arborseg.tree import ModuleTree
+
+    tree = ModuleTree.load(spec.out_dir / "tree.yaml")
+    params = None
+    if (spec.out_dir / "metrics.json").is_file():
+        params = json.loads((spec.out_dir / "metrics.json").read_text()).get("params")
+    entry = {"key": spec.key, "tree_id": spec.tree_id, "tree_name": spec.tree_name, "family": spec.family,
+             "seed": spec.seed, "tree": (spec.out_dir / "tree.yaml").relative_to(ensemble_dir).as_posix(),
+             "model": (spec.out_dir / "model.pt").relative_to(ensemble_dir).as_posix()
+             if (spec.out_dir / "model.pt").is_file() else None,
+             "window": list(tree.window), "weight": float(weight), "scores": scores or {}, "params": params,
+             "trial_id": spec.trial_id}
+    if state.get("state") != "COMPLETE" or "reused_from" in state:
+        entry.update({k: v for k, v in state.items() if k in ("reason", "reused_from")})
+    return entry
+
+
+def _manifest(ctx, settings, specs, states, done, chosen, selections, ens_scores, member_scores, gains,
+              ensemble_dir, steps, train_dict) -> dict[str, Any]:
+    from arborseg import __version__
+
+    data = ctx.data
+    index = {s.key: i for i, s in enumerate(done)}
+    candidates, members = [], []
+    for spec in specs:
+        state = states.get(spec.key, {"state": "FAIL", "reason": "not run"})
+        i = index.get(spec.key)
+        weight = float(chosen.weights[i]) if i is not None else 0.0
+        entry = _member_entry(spec, ensemble_dir, weight, member_scores[i] if i is not None else None, state)
+        candidates.append({**entry, "state": "COMPLETE" if i is not None else state.get("state", "FAIL")})
+        if weight > 0:
+            members.append(entry)
+    members.sort(key=lambda e: -e["weight"])
+    return {
+        "format": FORMAT, "name": settings.ensemble_name, "campaign": str(ctx.run_dir), "objective": ctx.objective,
+        "direction": ctx.direction, "classes": list(data.classes), "ignore_value": data.ignore_value,
+        "voxel_size": list(data.voxel_size) if data.voxel_size else None,
+        "normalizer": data.normalizer().to_dict(), "fusion": chosen.fusion, "members": members,
+        "candidates": candidates, "scores": ens_scores,
+        "gain": {"baseline": done[0].key, "baseline_rule": "best single member on validation",
+                 "n_boot": settings.bootstrap, "confidence": 0.95, "regions": gains},
+        "selection": settings.selection,
+        "validation": {f: s.value for f, s in selections.items()},
+        "greedy_history": chosen.history,
+        "settings": {"top": settings.top, "seeds": settings.seeds, "fusion": settings.fusion,
+                     "selection": settings.selection, "steps": steps, "bootstrap": settings.bootstrap,
+                     "rounds": settings.rounds, "train": train_dict},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "arborseg_version": __version__,
+    }

@@ -1,0 +1,103 @@
+"""Choosing the members: greedy forward selection with replacement (Caruana et al., 2004), or all of them.
+
+Greedy selection starts from the best single member on validation, then, round after round, adds
+the member (any member, again and again if it helps: *with replacement*) whose addition gives the best
+validation objective of the fused ensemble. After ``rounds`` rounds it keeps the prefix of additions
+with the best value (the shortest one on ties). A member's weight is its multiplicity over the number of
+picks. Ties between candidates go to the one listed first (the callers list the members best first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from arborseg.ensemble.fusion import _argmax, fit_weights, fuse_weighted
+from arborseg.ensemble.objective import better
+
+Score = Callable[[np.ndarray], float]  # class map of the validation region -> objective value
+
+
+@dataclass
+class Selection:
+    """Chosen members as per-candidate weights (0 = not chosen), the validation value and its history."""
+
+    fusion: str
+    weights: np.ndarray
+    value: float
+    history: list[float] = field(default_factory=list)  # value after each greedy pick
+    counts: np.ndarray | None = None  # greedy multiplicities
+
+    @property
+    def chosen(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self.weights > 0)]
+
+
+def greedy_select(member_probs: np.ndarray, score: Score, direction: str, fusion: str = "mean",
+                  rounds: int | None = None) -> Selection:
+    """Greedy forward selection with replacement on (M, C, ...) validation probabilities.
+
+    ``score`` maps the fused class map to the objective; ``rounds``: picks after the first (default 2 M).
+    """
+    m = member_probs.shape[0]
+    rounds = 2 * m if rounds is None else int(rounds)
+    counts = np.zeros(m, np.int64)
+    running = np.zeros(member_probs.shape[1:], np.float64) if fusion in ("mean", "weighted") else None
+
+    def value_with(i: int) -> float:
+        if running is not None:  # weighted mean = running sum / picks, no need to fuse from scratch
+            return score(_argmax((running + member_probs[i]) / (counts.sum() + 1)))
+        trial = counts.copy()
+        trial[i] += 1
+        return score(fuse_weighted(member_probs, fusion, trial)[1])
+
+    history: list[float] = []
+    picks: list[int] = []
+    for _ in range(rounds + 1):
+        best_i, best_v = None, None
+        for i in range(m):
+            v = value_with(i)
+            if best_i is None or better(v, best_v, direction):
+                best_i, best_v = i, v
+        counts[best_i] += 1
+        if running is not None:
+            running += member_probs[best_i]
+        picks.append(best_i)
+        history.append(float(best_v))
+    best_len = 1
+    for n in range(2, len(history) + 1):
+        if better(history[n - 1], history[best_len - 1], direction):
+            best_len = n
+    final = np.bincount(picks[:best_len], minlength=m)
+    return Selection(fusion, final / final.sum(), history[best_len - 1], history, final)
+
+
+def select_all(member_probs: np.ndarray, score: Score, fusion: str = "mean") -> Selection:
+    """Every member with equal weight."""
+    m = member_probs.shape[0]
+    weights = np.ones(m) / m
+    value = score(fuse_weighted(member_probs, fusion, weights)[1])
+    return Selection(fusion, weights, float(value), [float(value)], np.ones(m, np.int64))
+
+
+def choose_members(member_probs: np.ndarray, labels: np.ndarray, score: Score, direction: str, fusion: str,
+                   selection: str = "greedy", ignore_value: int | None = None,
+                   rounds: int | None = None) -> Selection:
+    """Members and weights for one fusion rule on validation.
+
+    ``mean``/``max``/``vote``: greedy selection (or all members). ``weighted``: the members the selection
+    picks (greedy with mean fusion, or all), then weights refitted on them by
+    :func:`arborseg.ensemble.fusion.fit_weights` starting from the selection's weights.
+    """
+    base = "mean" if fusion == "weighted" else fusion
+    sel = greedy_select(member_probs, score, direction, base, rounds) if selection == "greedy" \
+        else select_all(member_probs, score, base)
+    if fusion != "weighted":
+        return sel
+    pool = sel.chosen
+    fitted = np.zeros(member_probs.shape[0])
+    fitted[pool] = fit_weights(member_probs[pool], labels, ignore_value, init=sel.weights[pool])
+    value = score(fuse_weighted(member_probs, "weighted", fitted)[1])
+    return Selection("weighted", fitted, float(value), sel.history, sel.counts)
