@@ -13,12 +13,27 @@ from arborseg.tree import ModuleTree
 log = get_logger(__name__)
 
 
-def validate(path: str) -> str:
+def validate(path: str, probe: int = 64) -> str:
+    """Check the file, then sample ``probe`` trees and check that each one's window fits its network (a
+    window that does not fit only shows for some draws, e.g. depth 5 with xy 48)."""
+    from arborseg.errors import SpaceError, WindowError
+    from arborseg.nn.builder import check_window
+
     space = load_space(path)
     hps = space.hyperparameters()
     n_struct = sum(1 for _, s in hps if s)
+    bad: list[str] = []
+    for child in np.random.SeedSequence(0).spawn(probe):
+        tree = space.sample(np.random.default_rng(child))
+        try:
+            check_window(tree, tree.window)
+        except WindowError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise SpaceError(f"{Path(path).name}: window: {len(bad)} of {probe} sampled trees get a window that does not "
+                         f"fit their network; first: {bad[0]} (restrict window.xy / window.z or the depth)")
     return (f"ok: {Path(path).name}: space {space.name!r}, {len(hps)} hyperparameters "
-            f"({n_struct} structural, {len(hps) - n_struct} refinable)")
+            f"({n_struct} structural, {len(hps) - n_struct} refinable); {probe} sampled trees fit their windows")
 
 
 def sample_distinct(path: str, n: int, seed: int, max_tries: int = 50) -> list[ModuleTree]:
