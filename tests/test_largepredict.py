@@ -372,3 +372,51 @@ def test_slice_reuse_equals_per_tile_prediction(tmp_path, vol):
     np.testing.assert_allclose(g["probs"][...], ref, atol=2e-6)
     result, _ = store(tmp_path, tiny_net(), vol, name="mix.zarr", block=(4, 24, 20))
     assert result["stats"]["reuse_slices"] is False
+
+
+# ------------------------------------------------------------------ members with different windows, weights
+MIXED_WINDOWS = [(1, 16, 16), (4, 16, 16), (3, 12, 20), (4, 16, 16)]
+
+
+@pytest.mark.parametrize("fusion, weights", [("mean", None), ("weighted", [1.0, 2.0, 0.5, 1.5]),
+                                             ("max", None), ("vote", [1.0, 2.0, 0.5, 1.5])])
+def test_members_with_different_windows_equal_fusing_their_own_predictions(tmp_path, vol, fusion, weights):
+    nets = [tiny_net(seed=s) for s in range(4)]
+    member = np.stack([predict_volume(n, vol, w, 3) for n, w in zip(nets, MIXED_WINDOWS)])
+    probs, labels, unc = fuse(member, fusion, "disagreement", weights)
+    result, g = store(tmp_path, nets, vol, window=MIXED_WINDOWS, block=(5, 30, 25), fusion=fusion, weights=weights,
+                      write_probs=True, probs_dtype="float32", uncertainty="disagreement")
+    assert result["stats"]["groups"] == 3 and result["stats"]["blocks"] > 1
+    assert g.attrs["windows"] == [list(w) for w in MIXED_WINDOWS] and g.attrs["window"] is None
+    np.testing.assert_allclose(g["probs"][...], probs, atol=2e-6)
+    assert (g["labels"][...] == labels).mean() > 0.9999
+    assert (np.abs(g["uncertainty"][...].astype(np.float32) - unc) < 1e-3).mean() > 0.9999
+
+
+def test_weighted_mean_without_member_maps_and_memory_estimate_per_group(tmp_path, vol):
+    nets = [tiny_net(seed=s) for s in range(2)]
+    windows = [(1, 16, 16), (4, 16, 16)]
+    member = np.stack([predict_volume(n, vol, w, 3) for n, w in zip(nets, windows)])
+    probs, _, unc = fuse(member, "weighted", "entropy", [3.0, 1.0])
+    np.testing.assert_allclose(probs, 0.75 * member[0] + 0.25 * member[1], atol=1e-6)
+    _, g = store(tmp_path, nets, vol, window=windows, weights=[3.0, 1.0], fusion="weighted", block=(4, 24, 20),
+                 write_probs=True, probs_dtype="float32", uncertainty="entropy")
+    np.testing.assert_allclose(g["probs"][...], probs, atol=2e-6)
+    # equal weights are the unweighted mean
+    _, eq = store(tmp_path, nets, vol, name="eq.zarr", window=windows, weights=[2.0, 2.0], block=(4, 24, 20),
+                  write_probs=True, probs_dtype="float32")
+    np.testing.assert_allclose(eq["probs"][...], member.mean(0), atol=2e-6)
+    one = estimate_memory(vol.shape, (4, 24, 20), (4, 16, 16), 3, 2, groups=[((4, 16, 16), 2)])
+    two = estimate_memory(vol.shape, (4, 24, 20), (4, 16, 16), 3, 2, groups=[((1, 16, 16), 1), ((4, 16, 16), 1)])
+    assert two["accumulator"] > one["accumulator"]  # a second accumulator (only its own halo)
+    assert two["accumulator"] < 2 * one["accumulator"]
+
+
+def test_bad_windows_and_weights_are_clear_errors(tmp_path, vol):
+    from arborseg.errors import WindowError
+
+    nets = [tiny_net(seed=s) for s in range(2)]
+    with pytest.raises(WindowError, match="one window per member"):
+        store(tmp_path, nets, vol, window=[(1, 16, 16)])
+    with pytest.raises(DataError, match="weights must be 2 positive numbers"):
+        store(tmp_path, nets, vol, name="w.zarr", weights=[1.0, 0.0])

@@ -35,9 +35,11 @@ def _space_validate(args: argparse.Namespace) -> int:
 def _space_sample(args: argparse.Namespace) -> int:
     from arborseg.space.commands import sample
 
-    for line in sample(args.file, args.n, args.seed, args.out, args.classes, pictures=not args.no_pictures):
+    lines = sample(args.file, args.n, args.seed, args.out, args.classes, pictures=not args.no_pictures)
+    for line in lines:
         print(line)
-    print(f"wrote {args.n} trees to {args.out}/")
+    print(f"wrote {len(lines)} trees to {args.out}/" + ("" if len(lines) == args.n else
+                                                        f" (the space has no {args.n} distinct trees within the draws)"))
     return 0
 
 
@@ -111,7 +113,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 # modules that add further commands (results, ensembles, bundles, bootstrapping)
-CLI_MODULES: tuple[str, ...] = ("report_cli",)
+CLI_MODULES: tuple[str, ...] = ("report_cli", "ensemble_cli", "bundle_cli", "bootstrap_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

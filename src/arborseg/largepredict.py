@@ -30,12 +30,18 @@ convolutions and, for networks that treat z-slices independently, each slice of 
 
 Ensembles
 ---------
-Every member predicts the same tiles; each member's blended probabilities are fused per voxel, exactly as
-if each member had predicted the whole volume with ``predict_volume`` and the results were fused
-(:func:`fuse`): ``mean``; ``max`` per class, then renormalised to sum 1 (a single sigmoid channel is not
-renormalised); ``vote``: each member votes for its argmax class, the label is the majority (ties go to the
-highest mean probability) and the "probabilities" written are the vote fractions. With ``mean`` fusion and
-no ``disagreement`` map only the sum over members is accumulated (memory does not grow with the members).
+Each member's blended probabilities are fused per voxel, exactly as if each member had predicted the whole
+volume with ``predict_volume`` (with its own window) and the results were fused (:func:`fuse`): ``mean``;
+``weighted`` (the weighted mean with the members' ``weights``); ``max`` per class, then renormalised to
+sum 1 (a single sigmoid channel is not renormalised); ``vote``: each member votes for its argmax class
+(with its weight, when weights are given), the label is the majority (ties go to the highest mean
+probability) and the "probabilities" written are the vote fractions. Members may have different windows
+(a 2D member z=1, thin 3D members z=3 or 5): members are grouped by window, each group has its own tile
+grid (the one ``predict_volume`` would use with that window), its own tile ownership and its own
+accumulator with its own halo, and hands its partial sums on separately; the input of a block is read
+and normalised once for all groups, and the groups' probabilities meet only when the block is finished.
+With ``mean``/``weighted`` fusion and no ``disagreement`` map only the (weighted) sum over members is
+accumulated (memory does not grow with the members of a group).
 
 Uncertainty: ``entropy`` of the fused probabilities (natural log, in [0, log C], log 2 for one sigmoid
 channel; of the vote fractions under ``vote``), or ``disagreement``: the fraction of members whose own
@@ -67,6 +73,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,9 +96,9 @@ from arborseg.predict import (
 
 log = get_logger(__name__)
 
-Fusion = Literal["mean", "max", "vote"]
+Fusion = Literal["mean", "max", "vote", "weighted"]
 Uncertainty = Literal["entropy", "disagreement"]
-FUSIONS = ("mean", "max", "vote")
+FUSIONS = ("mean", "max", "vote", "weighted")
 UNCERTAINTIES = ("entropy", "disagreement")
 PROBS_DTYPES = ("float16", "uint8", "float32")
 DEFAULT_BLOCK = (32, 512, 512)
@@ -144,13 +151,32 @@ def _entropy(probs: np.ndarray) -> np.ndarray:
     return np.clip(h, 0, limit, out=h)
 
 
+def _member_weights(weights: Sequence[float] | None, m: int) -> np.ndarray | None:
+    """Normalised member weights (sum 1), or None when all members weigh the same (the unweighted rules)."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape != (m,) or not np.isfinite(w).all() or np.any(w <= 0):
+        raise DataError(f"ensemble weights must be {m} positive numbers (one per member), got {list(w)}; drop "
+                        "members of weight 0 from the ensemble")
+    w = w / w.sum()
+    return None if np.allclose(w, w[0]) else w
+
+
 def fuse(
-    member_probs: np.ndarray, fusion: Fusion = "mean", uncertainty: Uncertainty | None = None
+    member_probs: np.ndarray,
+    fusion: Fusion = "mean",
+    uncertainty: Uncertainty | None = None,
+    weights: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Fuse the members' probabilities (M, C, ...) into (probs (C, ...), labels (...), uncertainty).
 
-    See the module doc for the rules. ``probs`` is float32 (vote fractions under ``vote``), ``labels``
-    uint8 (uint16 above 256 classes), ``uncertainty`` float32 or None.
+    See the module doc for the rules. ``weights``: one positive number per member (only their ratios
+    matter; equal weights give the unweighted rules): ``mean`` and ``weighted`` take the weighted mean,
+    ``vote`` counts weighted votes (leaders within 1e-6 tie, the highest weighted mean probability wins),
+    ``max`` ignores them, ``disagreement`` is the weighted fraction of disagreeing members. The same
+    rules as :func:`arborseg.ensemble.fusion.fuse_weighted`. ``probs`` is float32 (vote fractions under
+    ``vote``), ``labels`` uint8 (uint16 above 256 classes), ``uncertainty`` float32 or None.
     """
     member_probs = np.asarray(member_probs, dtype=np.float32)
     if member_probs.ndim < 2:
@@ -160,14 +186,38 @@ def fuse(
     if uncertainty is not None and uncertainty not in UNCERTAINTIES:
         raise DataError(f"uncertainty must be one of {list(UNCERTAINTIES)} or None, got {uncertainty!r}")
     m, c = member_probs.shape[:2]
+    w = _member_weights(weights, m)
+    if fusion == "weighted":
+        fusion = "mean"
     member_labels = None
-    if fusion == "mean":
-        probs = member_probs[0].copy() if m == 1 else member_probs.mean(axis=0, dtype=np.float32)
-        labels = _labels(probs)
-    elif fusion == "max":
+    if fusion == "max":
         probs = member_probs.max(axis=0)
         if c > 1:
             probs /= probs.sum(axis=0, keepdims=True)
+        labels = _labels(probs)
+    elif w is not None:
+        mean = np.zeros(member_probs.shape[1:], np.float32)
+        for i in range(m):
+            mean += np.float32(w[i]) * member_probs[i]
+        if fusion == "mean":
+            probs, labels = mean, _labels(mean)
+        else:  # weighted vote
+            member_labels = np.stack([_labels(p) for p in member_probs])
+            if c == 1:
+                votes = np.zeros(member_probs.shape[2:], np.float32)
+                for i in range(m):
+                    votes += np.float32(w[i]) * member_labels[i]
+                labels = ((votes > 0.5) | (np.isclose(votes, 0.5) & (mean[0] >= 0.5))).astype(_label_dtype(c))
+                probs = votes[None]
+            else:
+                probs = np.zeros(member_probs.shape[1:], np.float32)
+                for i in range(m):
+                    for k in range(c):
+                        probs[k] += np.float32(w[i]) * (member_labels[i] == k)
+                leaders = probs >= probs.max(axis=0, keepdims=True) - np.float32(1e-6)
+                labels = np.where(leaders, mean, np.float32(-1)).argmax(axis=0).astype(_label_dtype(c))
+    elif fusion == "mean":
+        probs = member_probs[0].copy() if m == 1 else member_probs.mean(axis=0, dtype=np.float32)
         labels = _labels(probs)
     else:  # vote
         member_labels = np.stack([_labels(p) for p in member_probs])
@@ -186,7 +236,12 @@ def fuse(
     elif uncertainty == "disagreement":
         if member_labels is None:
             member_labels = np.stack([_labels(p) for p in member_probs])
-        unc = (member_labels != labels).mean(axis=0, dtype=np.float32)
+        if w is None:
+            unc = (member_labels != labels).mean(axis=0, dtype=np.float32)
+        else:
+            unc = np.zeros(labels.shape, np.float32)
+            for i in range(m):
+                unc += np.float32(w[i]) * (member_labels[i] != labels)
     return probs, labels, unc
 
 
@@ -199,12 +254,14 @@ def activation_bytes(model: Any, window: Sequence[int], device: str | torch.devi
     input and a skip connection alive at once, plus the encoder features kept for the decoder). Measured
     RSS growth of a batch of 4 windows of four thin 3D U-Nets on CPU was 0.5-1.3x of this estimate. For a
     callable that is not
-    an ``nn.Module``: 256 bytes per window voxel (64 float32 channels).
+    an ``nn.Module`` and for TorchScript modules (no hooks): 256 bytes per window voxel (64 float32
+    channels); compute the estimate on the eager network instead and pass it to :func:`predict_to_store`
+    (``activation_estimates``), as bundles do.
     """
     w = _check_window(window)
     voxels = int(np.prod(w))
-    if not isinstance(model, torch.nn.Module):
-        return 256 * voxels
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return 256 * voxels  # no hooks on TorchScript modules: give their estimate to predict_to_store
     sizes: list[int] = []
 
     def hook(_module, _inputs, output):
@@ -247,6 +304,7 @@ def estimate_memory(
     normalizer_halo: int = 0,
     write_probs: bool = False,
     chunks: Sequence[int] | None = None,
+    groups: Sequence[tuple[Sequence[int], int]] | None = None,
 ) -> dict[str, int]:
     """Bytes that :func:`predict_to_store` holds at once for one block (an estimate; see the terms).
 
@@ -264,20 +322,26 @@ def estimate_memory(
     * ``activations``: ``B * activation_bytes_per_window`` (see :func:`activation_bytes`);
     * ``runtime``: a fixed 32 MB (zarr's codec threads, allocator arenas, temporaries).
 
+    ``groups``: for an ensemble whose members have different windows, ``(window, members)`` of each group
+    of members sharing a window; each group has an accumulator of its own (``l`` and ``K`` of its window
+    and members, summed) and ``window`` should be the largest window (input halo, tile batches).
+
     Not included: the partial sums handed on between blocks (bounded separately, see
     :func:`predict_to_store`), the model weights and the libraries (already resident when called).
     """
     c = int(n_classes)
-    k = c * (int(n_members) if per_member else 1)
     b = int(np.prod([min(s, bl) for s, bl in zip(shape, block)]))
     bz = min(int(shape[0]), int(block[0]))
     f = b * min(bz, int(chunks[0])) // bz if chunks is not None else b
-    lv = int(np.prod(_local_shape(shape, block, window)))
     iv = int(np.prod(_local_shape(shape, block, window, (0, normalizer_halo, normalizer_halo))))
     wv = int(np.prod(window))
+    accumulator = 0
+    for gw, gm in groups or [(window, n_members)]:
+        gk = c * (int(gm) if per_member else 1)
+        accumulator += int(np.prod(_local_shape(shape, block, gw))) * (gk + 1) * 4
     terms = {
         "input": iv * (int(input_itemsize) + 8),
-        "accumulator": lv * (k + 1) * 4,
+        "accumulator": accumulator,
         "finalise": f * (8 * c + int(n_members) + 24) + (f * c * 2 if write_probs else 0),
         "tiles": int(batch_size) * wv * 4 * (1 + 2 * c),
         "activations": int(batch_size) * int(activation_bytes_per_window),
@@ -415,11 +479,48 @@ def _block_order(shape, window, block) -> tuple[int, int, int]:
     return (slow, mid, [a for a in rest if a != mid][0])
 
 
+@dataclass
+class _Group:
+    """Ensemble members sharing a window: they run on the same tiles into one accumulator."""
+
+    window: tuple[int, int, int]
+    members: list[int]  # indices into the ensemble
+    models: list[Any]
+    factors: list[float]  # each member's scale in a summed accumulator (mean/weighted fusion)
+    k: int = 0  # accumulated channels (the weight total is channel k)
+    weight: np.ndarray | None = None
+    tiles: list[Slices] = field(default_factory=list)
+    owned: dict[tuple[int, int, int], list[Slices]] = field(default_factory=dict)
+    use_cl: list[bool] = field(default_factory=list)
+    reuse: bool = False
+
+
+def _member_windows(window: Sequence[int] | Sequence[Sequence[int]], n_members: int) -> list[tuple[int, int, int]]:
+    """One window for every member from a shared window (z, y, x) or a list of one window per member."""
+    if len(window) and all(isinstance(v, (list, tuple, np.ndarray)) for v in window):
+        if len(window) != n_members:
+            raise WindowError(f"got {len(window)} windows for {n_members} ensemble members; give one window per "
+                              "member or one shared window (z, y, x)")
+        return [_check_window(v) for v in window]  # type: ignore[arg-type]
+    return [_check_window(window)] * n_members  # type: ignore[arg-type]
+
+
+def _make_groups(members, windows, factors) -> list[_Group]:
+    """Members grouped by window, groups in order of first appearance, members in ensemble order."""
+    groups: dict[tuple[int, int, int], _Group] = {}
+    for i, (m, w, f) in enumerate(zip(members, windows, factors)):
+        g = groups.setdefault(w, _Group(w, [], [], []))
+        g.members.append(i)
+        g.models.append(m)
+        g.factors.append(f)
+    return list(groups.values())
+
+
 def predict_to_store(
     models: Sequence[torch.nn.Module | Callable] | torch.nn.Module | Callable,
     volume: Any,
     out_path: str | Path,
-    window: Sequence[int],
+    window: Sequence[int] | Sequence[Sequence[int]],
     n_classes: int,
     overlap: float | Sequence[float] = 0.25,
     blending: Blending = "gaussian",
@@ -438,11 +539,19 @@ def predict_to_store(
     channels_last: bool = True,
     reuse_slices: bool | None = None,
     overwrite: bool = False,
+    weights: Sequence[float] | None = None,
+    activation_estimates: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Segment ``volume`` block by block into the Zarr group ``out_path`` (a ``.zarr`` folder).
 
     ``models``: one model or an ensemble (list); each maps (N, 1, z, y, x) float32 to logits
-    (N, n_classes, z, y, x) and all share ``window``. ``volume``: a volume spec (``raw.tif``,
+    (N, n_classes, z, y, x). ``window``: the window (z, y, x) all members share, or a list of one window
+    per member (members with equal windows run on the same tiles; each member's probabilities are blended
+    over its own tile grid, exactly as ``predict_volume`` with its window, before they are fused).
+    ``weights``: one positive weight per member for the fusion (see :func:`fuse`; ``fusion="weighted"``
+    without weights is ``mean``). ``activation_estimates``: bytes of activations per window of each member
+    (:func:`activation_bytes` of the eager network), for members it cannot measure (TorchScript).
+    ``volume``: a volume spec (``raw.tif``,
     ``data.h5:raw``, ``raw.zarr``; see :func:`~arborseg.data.volumes.open_volume`) or anything with
     ``.shape`` and 3D slicing. ``normalizer``: applied to each input block (float32) before prediction; an
     object with an integer ``halo`` attribute (:class:`~arborseg.data.preprocess.Normalizer`) gets that
@@ -468,7 +577,8 @@ def predict_to_store(
     shape = tuple(int(s) for s in getattr(vol, "shape", ()))
     if len(shape) != 3 or min(shape) < 1:
         raise DataError(f"volume must be 3D (z, y, x) and non-empty, got shape {shape}; add a z axis to 2D images")
-    w = _check_window(window)
+    n_members = len(members)
+    windows = _member_windows(window, n_members)
     ov = _check_overlap(overlap)
     n_classes = int(n_classes)
     if n_classes < 1:
@@ -481,17 +591,23 @@ def predict_to_store(
         raise DataError(f"uncertainty must be one of {list(UNCERTAINTIES)} or None, got {uncertainty!r}")
     if probs_dtype not in PROBS_DTYPES:
         raise DataError(f"probs_dtype must be one of {list(PROBS_DTYPES)}, got {probs_dtype!r}")
+    member_w = _member_weights(weights, n_members)
     out = Path(out_path).expanduser()
     if out.suffix.lower() != ".zarr":
         raise DataError(f"{out}: the output must be a .zarr folder (e.g. {out.with_suffix('.zarr')})")
     if out.exists() and not overwrite:
         raise DataError(f"{out}: already exists; choose another path or pass overwrite=True (--overwrite)")
     zarr = _zarr()
-    weight = importance_map(w, blending)
 
-    n_members = len(members)
-    per_member = n_members > 1 and (fusion != "mean" or uncertainty == "disagreement")
-    k = n_classes * (n_members if per_member else 1)  # accumulated channels; channel k = weight total
+    # mean/weighted fusion without a disagreement map only accumulates the (weighted) sum over members
+    per_member = n_members > 1 and (fusion not in ("mean", "weighted") or uncertainty == "disagreement")
+    factors = [1.0] * n_members if member_w is None else [float(v) for v in member_w]
+    total_factor = float(n_members) if member_w is None else 1.0
+    groups = _make_groups(members, windows, factors)
+    for g in groups:
+        g.k = n_classes * (len(g.members) if per_member else 1)  # channel k = weight total
+        g.weight = importance_map(g.window, blending)
+    w_max = tuple(max(g.window[a] for g in groups) for a in range(3))
     halo = int(getattr(normalizer, "halo", 0) or 0) if normalizer is not None else 0
 
     from arborseg.device import resolve_device
@@ -501,10 +617,15 @@ def predict_to_store(
     # ---- block and chunks
     est_kwargs = dict(n_classes=n_classes, n_members=n_members, per_member=per_member, batch_size=int(batch_size),
                       input_itemsize=int(np.dtype(getattr(vol, "dtype", np.float32)).itemsize),
-                      normalizer_halo=halo, write_probs=write_probs)
+                      normalizer_halo=halo, write_probs=write_probs,
+                      groups=[(g.window, len(g.members)) for g in groups])
     budget = None if memory_budget_mb is None else float(memory_budget_mb) * 2**20
     if budget is not None or block is None:
-        act = max(activation_bytes(m, w, dev) for m in members)
+        if activation_estimates is not None and len(activation_estimates) != n_members:
+            raise DataError(f"activation_estimates: give one number per member ({n_members}), got "
+                            f"{len(activation_estimates)}")
+        act = max(int(activation_estimates[i]) if activation_estimates is not None and activation_estimates[i]
+                  else activation_bytes(m, wm, dev) for i, (m, wm) in enumerate(zip(members, windows)))
     else:
         act = 0
     est_kwargs["activation_bytes_per_window"] = act
@@ -519,14 +640,14 @@ def predict_to_store(
             log.info("block %s rounded up to %s, a multiple of the chunks %s", blk, fixed, ch)
             blk = tuple(min(s, b) for s, b in zip(shape, fixed))
         if budget is not None:
-            need = SAFETY * estimate_memory(shape, blk, w, chunks=ch, **est_kwargs)["total"]
+            need = SAFETY * estimate_memory(shape, blk, w_max, chunks=ch, **est_kwargs)["total"]
             if need > (1 - PENDING_SHARE) * budget:
                 log.warning("block %s needs about %.0f MB, more than memory_budget_mb=%.0f allows; drop block= to "
                             "let the budget choose it", blk, need / 2**20, memory_budget_mb)
     elif budget is not None:
         ch = tuple(min(s, int(c)) for s, c in zip(shape, chunks or DEFAULT_CHUNKS))
         try:
-            blk = choose_block(shape, w, int((1 - PENDING_SHARE) * budget), ch, **est_kwargs)
+            blk = choose_block(shape, w_max, int((1 - PENDING_SHARE) * budget), ch, **est_kwargs)
         except DataError as exc:
             raise DataError(f"memory_budget_mb={memory_budget_mb:g}: {exc} ({PENDING_SHARE:.0%} of the budget is "
                             "kept for partial sums handed between blocks)") from None
@@ -535,16 +656,20 @@ def predict_to_store(
         blk = tuple(min(s, math.ceil(b / c) * c) for s, b, c in zip(shape, DEFAULT_BLOCK, ch))
     pending_bytes = int(PENDING_SHARE * budget) if budget is not None else 1 << 62
 
-    # ---- tiles, owners, block order
-    tiles = tile_slices(shape, w, ov)
+    # ---- tiles (each group on the grid of its own window), owners, block order
     n_blocks = tuple(math.ceil(s / b) for s, b in zip(shape, blk))
-    owned: dict[tuple[int, int, int], list[Slices]] = defaultdict(list)
-    for t in tiles:
-        owned[tuple(sl.start // b for sl, b in zip(t, blk))].append(t)  # type: ignore[index]
-    order = _block_order(shape, w, blk)
-    estimate = estimate_memory(shape, blk, w, chunks=ch, **est_kwargs)
-    log.info("predicting %s with %d model(s): %d tiles of %s in %d blocks of %s (about %.0f MB per block)",
-             shape, n_members, len(tiles), w, int(np.prod(n_blocks)), blk, estimate["total"] / 2**20)
+    for g in groups:
+        g.tiles = tile_slices(shape, g.window, ov)
+        g.owned = defaultdict(list)
+        for t in g.tiles:
+            g.owned[tuple(sl.start // b for sl, b in zip(t, blk))].append(t)  # type: ignore[index]
+    n_tiles = sum(len(g.tiles) for g in groups)
+    # any axis order visits a tile's owner before (or at) every block the tile touches
+    order = _block_order(shape, w_max, blk)
+    estimate = estimate_memory(shape, blk, w_max, chunks=ch, **est_kwargs)
+    log.info("predicting %s with %d model(s) in %d window group(s) %s: %d tiles in %d blocks of %s (about %.0f MB "
+             "per block)", shape, n_members, len(groups), [g.window for g in groups], n_tiles,
+             int(np.prod(n_blocks)), blk, estimate["total"] / 2**20)
 
     # ---- the store
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -558,8 +683,10 @@ def predict_to_store(
     if uncertainty is not None:
         arrays["uncertainty"] = _create_array(group, "uncertainty", shape, np.float16, ch)
     group.attrs.update({
-        "arborseg": "predict_to_store", "window": list(w), "overlap": list(ov), "blending": blending,
-        "n_classes": n_classes, "members": n_members, "fusion": fusion, "uncertainty": uncertainty,
+        "arborseg": "predict_to_store", "window": list(windows[0]) if len(groups) == 1 else None,
+        "windows": [list(v) for v in windows], "overlap": list(ov), "blending": blending,
+        "n_classes": n_classes, "members": n_members, "fusion": fusion,
+        "weights": None if member_w is None else [float(v) for v in member_w], "uncertainty": uncertainty,
         "probs_dtype": probs_dtype if write_probs else None,
         "probs_scale": (1 / 255 if probs_dtype == "uint8" else 1.0) if write_probs else None,
         "block": list(blk), "complete": False,
@@ -573,19 +700,22 @@ def predict_to_store(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(tiles), desc="predict", unit="tile")
-    stats = {"tiles": len(tiles), "blocks": int(np.prod(n_blocks)), "read_s": 0.0, "compute_s": 0.0,
-             "write_s": 0.0}
+        bar = tqdm(total=n_tiles, desc="predict", unit="tile")
+    stats = {"tiles": n_tiles, "blocks": int(np.prod(n_blocks)), "groups": len(groups), "read_s": 0.0,
+             "compute_s": 0.0, "write_s": 0.0}
+    finish = dict(n_classes=n_classes, per_member=per_member, fusion=fusion, total_factor=total_factor,
+                  weights=None if member_w is None else [member_w[i] for g in groups for i in g.members],
+                  uncertainty=uncertainty, probs_dtype=probs_dtype, arrays=arrays)
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
-            use_cl = []
-            for m in members:
-                if isinstance(m, torch.nn.Module):
-                    m.to(dev).eval()
-                use_cl.append(stack.enter_context(_channels_last(m, channels_last)))
-            reuse = _reuse_slices(reuse_slices, members, shape, w, dev, amp, use_cl)
-            stats["reuse_slices"] = reuse
+            for g in groups:
+                for m in g.models:
+                    if isinstance(m, torch.nn.Module):
+                        m.to(dev).eval()
+                    g.use_cl.append(stack.enter_context(_channels_last(m, channels_last)))
+                g.reuse = _reuse_slices(reuse_slices, g.models, shape, g.window, dev, amp, g.use_cl)
+            stats["reuse_slices"] = [g.reuse for g in groups] if len(groups) > 1 else groups[0].reuse
             ranges = [range(n_blocks[a]) for a in order]
             for idx_perm in itertools.product(*ranges):
                 bidx = [0, 0, 0]
@@ -593,26 +723,30 @@ def predict_to_store(
                     bidx[a] = i
                 key = tuple(bidx)
                 own = tuple(slice(i * b, min(s, (i + 1) * b)) for i, b, s in zip(key, blk, shape))
-                mine = owned.pop(key, [])
-                stop = [sl.stop for sl in own]
-                for t in mine:
-                    stop = [max(a, sl.stop) for a, sl in zip(stop, t)]
-                local = tuple(slice(o.start, e) for o, e in zip(own, stop))
-                acc = np.zeros((k + 1, *(sl.stop - sl.start for sl in local)), np.float32)
-                origin = tuple(sl.start for sl in local)
-                for region, piece in pending.take(key):
-                    acc[(slice(None), *_shift(region, origin))] += piece
-                if mine:
-                    _run_tiles(members, use_cl, vol, mine, acc, origin, w, weight, n_classes, per_member,
-                               normalizer, halo, shape, int(batch_size), dev, amp, reuse, stats, bar)
-                _hand_on(acc, local, own, key, blk, shape, pending)
+                origin = tuple(sl.start for sl in own)
+                mine = [g.owned.pop(key, []) for g in groups]
+                inp = _read_block_input(vol, [t for ts in mine for t in ts], normalizer, halo, shape, stats)
+                accs = []
+                for gi, (g, tiles) in enumerate(zip(groups, mine)):
+                    stop = [sl.stop for sl in own]
+                    for t in tiles:
+                        stop = [max(a, sl.stop) for a, sl in zip(stop, t)]
+                    local = tuple(slice(o.start, e) for o, e in zip(own, stop))
+                    acc = np.zeros((g.k + 1, *(sl.stop - sl.start for sl in local)), np.float32)
+                    for region, piece in pending.take((gi, *key)):
+                        acc[(slice(None), *_shift(region, origin))] += piece
+                    if tiles:
+                        _run_tiles(g, inp, tiles, acc, origin, n_classes, per_member, int(batch_size), dev, amp,
+                                   stats, bar)
+                    _hand_on(acc, local, key, blk, shape, pending, gi)
+                    accs.append(acc)
+                del inp
                 t0 = time.perf_counter()
                 for z0 in range(own[0].start, own[0].stop, ch[0]):  # chunk-thick slabs: whole chunks
                     part = (slice(z0, min(own[0].stop, z0 + ch[0])), *own[1:])
-                    _finish_block(acc, _shift(part, origin), part, k, n_classes, n_members, per_member, fusion,
-                                  uncertainty, probs_dtype, arrays)
+                    _finish_block(accs, groups, _shift(part, origin), part, **finish)
                 stats["write_s"] += time.perf_counter() - t0
-                del acc
+                del accs
                 trim()
     finally:
         pending.close()
@@ -620,12 +754,13 @@ def predict_to_store(
             bar.close()
         for m, mode in zip(modules, modes):
             m.train(mode)
-    if owned:  # pragma: no cover - every tile start lies in some block
-        raise WindowError(f"{sum(map(len, owned.values()))} tiles were not assigned to a block")
+    left = sum(len(v) for g in groups for v in g.owned.values())
+    if left:  # pragma: no cover - every tile start lies in some block
+        raise WindowError(f"{left} tiles were not assigned to a block")
     group.attrs["complete"] = True
     stats.update(pending_peak_mb=pending.peak_in_memory / 2**20, pending_on_disk_mb=pending.spilled_bytes / 2**20,
                  estimate_mb=estimate["total"] / 2**20, total_s=time.perf_counter() - t_start)
-    log.info("wrote %s in %.1f s (%d tiles)", out, stats["total_s"], len(tiles))
+    log.info("wrote %s in %.1f s (%d tiles)", out, stats["total_s"], n_tiles)
     return {
         "path": str(out),
         "labels": f"{out}:labels",
@@ -656,28 +791,37 @@ def _read_input(vol, region: Slices, normalizer, halo: int, shape) -> np.ndarray
     return raw[crop]
 
 
-def _run_tiles(members, use_cl, vol, mine, acc, origin, w, weight, n_classes, per_member, normalizer, halo,
-               shape, batch_size, dev, amp, reuse, stats, bar) -> None:
-    """Predict the tiles a block owns and add them (weighted) into its accumulator."""
+def _read_block_input(vol, tiles: Sequence[Slices], normalizer, halo, shape, stats) -> tuple[np.ndarray, tuple] | None:
+    """The normalised input of the region the block's tiles (of every window group) cover, read once."""
+    if not tiles:
+        return None
     t0 = time.perf_counter()
-    region = tuple(slice(min(t[a].start for t in mine), max(t[a].stop for t in mine)) for a in range(3))
+    region = tuple(slice(min(t[a].start for t in tiles), max(t[a].stop for t in tiles)) for a in range(3))
     inp = _read_input(vol, region, normalizer, halo, shape)
-    rorigin = tuple(sl.start for sl in region)
+    stats["read_s"] += time.perf_counter() - t0
+    return inp, tuple(sl.start for sl in region)
+
+
+def _run_tiles(g: _Group, inp, tiles, acc, origin, n_classes, per_member, batch_size, dev, amp, stats, bar) -> None:
+    """Predict a group's tiles that a block owns and add them (weighted) into the group's accumulator."""
     t1 = time.perf_counter()
-    stats["read_s"] += t1 - t0
+    data, rorigin = inp
 
     def read(sl: Slices) -> np.ndarray:
-        return inp[_shift(sl, rorigin)]
+        return data[_shift(sl, rorigin)]
 
     k = acc.shape[0] - 1
-    tmp = np.empty((n_classes, *w), np.float32)
-    for t, crop, probs in _tile_outputs(members, read, mine, w, n_classes, batch_size, dev, amp, use_cl, reuse):
-        wc = weight[crop]
+    tmp = np.empty((n_classes, *g.window), np.float32)
+    for t, crop, probs in _tile_outputs(g.models, read, tiles, g.window, n_classes, batch_size, dev, amp, g.use_cl,
+                                        g.reuse):
+        wc = g.weight[crop]
         loc = _shift(t, origin)
         tv = tmp[(slice(None), *(slice(0, sl.stop - sl.start) for sl in t))]
         for m, p in enumerate(probs):  # p may be shared with other tiles: multiply out of place
             first = m * n_classes if per_member else 0
             np.multiply(p, wc, out=tv)
+            if not per_member and g.factors[m] != 1.0:
+                tv *= np.float32(g.factors[m])
             acc[(slice(first, first + n_classes), *loc)] += tv
         acc[(k, *loc)] += wc
         if bar is not None:
@@ -685,7 +829,7 @@ def _run_tiles(members, use_cl, vol, mine, acc, origin, w, weight, n_classes, pe
     stats["compute_s"] += time.perf_counter() - t1
 
 
-def _hand_on(acc, local, own, key, blk, shape, pending: _Pending) -> None:
+def _hand_on(acc, local, key, blk, shape, pending: _Pending, group: int = 0) -> None:
     """Pass the parts of ``acc`` outside the block (its high-side halo) to the later blocks they lie in."""
     last = [(sl.stop - 1) // b for sl, b in zip(local, blk)]
     origin = tuple(sl.start for sl in local)
@@ -694,26 +838,35 @@ def _hand_on(acc, local, own, key, blk, shape, pending: _Pending) -> None:
             continue
         region = tuple(slice(max(l.start, i * b), min(l.stop, (i + 1) * b, s))
                        for l, i, b, s in zip(local, other, blk, shape))
-        pending.put(other, region, acc[(slice(None), *_shift(region, origin))])
+        pending.put((group, *other), region, acc[(slice(None), *_shift(region, origin))])
 
 
-def _finish_block(acc, own_local, own, k, n_classes, n_members, per_member, fusion, uncertainty, probs_dtype,
-                  arrays) -> None:
-    """Divide the block's sums by its weights, fuse the members and write the outputs."""
-    a = acc[(slice(None), *own_local)]
-    wsum = a[k]
-    if not (wsum > 0).all():
-        raise WindowError("some voxels were covered by no tile; the tiles must cover the volume")
-    sums = a[:k]
-    np.divide(sums, wsum, out=sums)
+def _finish_block(accs, groups, own_local, own, n_classes, per_member, fusion, total_factor, weights, uncertainty,
+                  probs_dtype, arrays) -> None:
+    """Divide each group's sums by its weights, fuse the members and write the outputs.
+
+    Members come in group order (``weights`` is in that order too); the fusion rules do not depend on the
+    order of the members.
+    """
+    parts = []
+    for acc, g in zip(accs, groups):
+        a = acc[(slice(None), *own_local)]
+        wsum = a[g.k]
+        if not (wsum > 0).all():
+            raise WindowError("some voxels were covered by no tile; the tiles must cover the volume")
+        sums = a[: g.k]
+        np.divide(sums, wsum, out=sums)
+        parts.append(sums.reshape(-1, n_classes, *wsum.shape))
     if per_member:
-        member = sums.reshape(n_members, n_classes, *wsum.shape)
-    else:
-        if n_members > 1:
-            sums /= np.float32(n_members)
-        member = sums[None]
-    # summed members (per_member False) only happen with mean fusion or a single member
-    probs, labels, unc = fuse(member, fusion, uncertainty)
+        member = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    else:  # the (weighted) sum over all members: mean/weighted fusion or a single member
+        member = parts[0]
+        for p in parts[1:]:
+            member += p
+        if total_factor != 1.0:
+            member /= np.float32(total_factor)
+        fusion, weights = "mean", None
+    probs, labels, unc = fuse(member, fusion, uncertainty, weights)
     arrays["labels"][own] = labels
     if "probs" in arrays:
         if probs_dtype == "uint8":

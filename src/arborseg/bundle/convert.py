@@ -1,0 +1,177 @@
+"""Network -> TorchScript (traced at a fixed window, checked against the eager network) and ONNX.
+
+Tracing records one window shape: the traced module is only used with inputs of that shape (the
+prediction pads smaller tiles to it), any batch size. :func:`to_torchscript` checks the traced module
+against the eager one on fresh random inputs of two batch sizes and fails if they differ.
+:func:`to_onnx` never fails: it returns whether the export worked and why not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from arborseg.errors import BundleError
+from arborseg.log import get_logger
+
+log = get_logger(__name__)
+
+# traced vs eager and ONNX vs eager: max abs difference of the outputs
+# relative to their largest magnitude
+TRACE_RTOL = 1e-5
+ONNX_RTOL = 1e-4
+ONNX_OPSET = 18
+# tried in order: the TorchScript-based exporter (fast: well under a second for these networks, and it
+# exports the same traced graph the bundle ships), then torch.export's (seconds per network)
+EXPORTERS = ("torchscript", "dynamo")
+
+__all__ = ["to_torchscript", "to_onnx", "FusedEnsemble", "max_rel_diff"]
+
+
+def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max(1, max |b|)."""
+    return float((a - b).abs().max() / max(1.0, float(b.abs().max())))
+
+
+def _inputs(window: Sequence[int], batches: Sequence[int], seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.rand((n, 1, *window), generator=gen) for n in batches]
+
+
+def to_torchscript(net: nn.Module, window: Sequence[int], path: str | Path, name: str = "network") -> dict[str, Any]:
+    """Trace ``net`` at ``window`` (batch 2), check it against the eager network at batch 1 and 3, save it.
+
+    Returns ``{"path", "max_rel_diff"}``; raises :class:`BundleError` when the traced module differs.
+    """
+    net = net.eval()
+    (example,) = _inputs(window, [2], 0)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings of the shape checks, the deprecation notice
+        traced = torch.jit.trace(net, example, check_trace=False)
+        diffs = [max_rel_diff(traced(x), net(x)) for x in _inputs(window, [1, 3], 1)]
+    diff = max(diffs)
+    if not diff <= TRACE_RTOL:
+        raise BundleError(f"{name}: the traced TorchScript module differs from the network by {diff:.2e} (relative) "
+                          f"at window {tuple(window)}; the network has input-dependent control flow that tracing "
+                          "cannot record")
+    traced.save(str(path))
+    return {"path": str(path), "max_rel_diff": diff}
+
+
+def to_onnx(net: nn.Module, window: Sequence[int], path: str | Path, name: str = "network",
+            output_name: str = "logits") -> dict[str, Any]:
+    """Export ``net`` to ONNX (input ``raw`` (N, 1, *window), output ``output_name``, batch dynamic).
+
+    Never raises: returns ``{"ok": bool, "path" | None, "reason" | None, "checked": how, ...}``. Each
+    exporter of ``EXPORTERS`` is tried in turn; its model is checked with ``onnx.checker``, then run on a
+    fresh batch of 2 (onnxruntime where installed, else onnx's reference evaluator) and compared with the
+    eager network (``max_rel_diff``), so an export that baked a value in as a constant is caught.
+    """
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return {"ok": False, "path": None, "reason": "onnx is not installed (pip install onnx onnxscript)",
+                "checked": None}
+    net = net.eval()
+    reasons = []
+    for exporter in EXPORTERS:
+        result = _try_export(net, window, Path(path), exporter, output_name)
+        if result["ok"]:
+            return result
+        Path(path).unlink(missing_ok=True)
+        reasons.append(f"{exporter} exporter: {result['reason']}")
+    reason = "; ".join(reasons)
+    log.warning("%s: no ONNX export (%s); the bundle has TorchScript only for it", name, reason)
+    return {"ok": False, "path": None, "reason": reason, "checked": None}
+
+
+def _try_export(net: nn.Module, window: Sequence[int], path: Path, exporter: str, output_name: str) -> dict[str, Any]:
+    import onnx
+
+    (example,) = _inputs(window, [1], 2)
+    try:
+        _export(net, example, path, exporter, output_name)
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # any exporter failure becomes a recorded reason
+        text = str(exc).strip()
+        return {"ok": False, "reason": f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]}
+    x = _inputs(window, [2], 3)[0]  # batch 2: the export used batch 1, so the dynamic batch is checked too
+    try:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        checked = "onnx.checker + onnxruntime"
+    except ImportError:  # onnx's pure-numpy reference evaluator: slower, same verdict
+        from onnx.reference import ReferenceEvaluator
+
+        session = ReferenceEvaluator(str(path))
+        checked = "onnx.checker + onnx.reference"
+    try:
+        out = session.run(None, {"raw": x.numpy()})[0]
+        with torch.no_grad():
+            diff = max_rel_diff(torch.from_numpy(np.asarray(out)), net(x))
+    except Exception as exc:
+        return {"ok": False, "reason": f"running it failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"}
+    if not diff <= ONNX_RTOL:
+        return {"ok": False, "reason": f"its output differs from the network by {diff:.2e} (relative)"}
+    return {"ok": True, "path": str(path), "reason": None, "checked": checked, "exporter": exporter,
+            "max_rel_diff": diff}
+
+
+def _export(net: nn.Module, example: torch.Tensor, path: str | Path, exporter: str, output_name: str) -> None:
+    """One ONNX export with a dynamic batch axis; the exporters' console chatter is swallowed."""
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(net, (example,), str(path), input_names=["raw"], output_names=[output_name],
+                              dynamic_axes={"raw": {0: "batch"}, output_name: {0: "batch"}},
+                              opset_version=ONNX_OPSET, dynamo=False)
+        else:
+            batch = torch.export.Dim("batch", min=1)
+            torch.onnx.export(net, (example,), str(path), input_names=["raw"], output_names=[output_name],
+                              dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET, verbose=False,
+                              external_data=False)
+
+
+class FusedEnsemble(nn.Module):
+    """All members on the same (N, 1, z, y, x) input -> fused probabilities (N, C, z, y, x).
+
+    The same rules as :func:`arborseg.largepredict.fuse` for one tile: ``mean``/``weighted`` (weighted mean
+    of the softmax, sigmoid for one class), ``max`` (class-wise max, renormalised) and ``vote`` (weighted
+    fractions of the members' argmax votes). Used for the bioimage.io description, which describes one
+    network; ``arborseg predict`` blends each member over its own tile grid instead.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], fusion: str, weights: Sequence[float], n_classes: int) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.fusion = "mean" if fusion == "weighted" else fusion
+        self.n_classes = int(n_classes)
+        w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
+        self.register_buffer("weights", w / w.sum())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = []
+        for m in self.members:
+            logits = m(x)
+            probs.append(torch.sigmoid(logits) if self.n_classes == 1 else torch.softmax(logits, dim=1))
+        p = torch.stack(probs)  # (M, N, C, z, y, x)
+        w = self.weights.view(-1, 1, 1, 1, 1, 1)
+        if self.fusion == "max":
+            out = p.max(dim=0).values
+            return out / out.sum(dim=1, keepdim=True) if self.n_classes > 1 else out
+        if self.fusion == "vote":
+            if self.n_classes == 1:
+                return ((p >= 0.5).float() * w).sum(dim=0)
+            one_hot = nn.functional.one_hot(p.argmax(dim=2), self.n_classes).movedim(-1, 2).float()
+            return (one_hot * w).sum(dim=0)
+        return (p * w).sum(dim=0)
