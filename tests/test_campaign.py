@@ -159,26 +159,32 @@ def _children(pid: int) -> list[int]:
 
 
 def test_killed_job_becomes_fail_and_campaign_goes_on(tmp_path):
+    # few steps: the job is killed as soon as it has started (its trial.log exists), long before it could finish
     path = write_campaign(tmp_path, executor={"kind": "local", "workers": 1, "timeout_min": 10},
-                          budget={"random_trees": 2, "refine_top": 0, "steps": 400, "eval_every": 400})
+                          budget={"random_trees": 2, "refine_top": 0, "steps": 8, "eval_every": 8})
     campaign = Campaign(load_campaign(path), tmp_path / "runs", progress=False)
     killed: list[int] = []
 
+    def started_job() -> int | None:
+        for t in (trials_of(campaign.run_dir) if (campaign.run_dir / "campaign.json").exists() else []):
+            if t.state == TrialState.RUNNING and "job_id" in t.user_attrs and t.user_attrs["task"] == "random:0" \
+                    and (Path(t.user_attrs["artifact_dir"]) / "trial.log").exists():
+                return int(t.user_attrs["job_id"])
+        return None
+
     def killer():
         deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            for t in (trials_of(campaign.run_dir) if (campaign.run_dir / "campaign.json").exists() else []):
-                if t.state == TrialState.RUNNING and "job_id" in t.user_attrs and t.user_attrs["task"] == "random:0":
-                    pid = int(t.user_attrs["job_id"])
-                    time.sleep(3)
-                    for p in [pid] + _children(pid):
-                        try:
-                            os.kill(p, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-                    killed.append(pid)
-                    return
-            time.sleep(0.3)
+        while time.time() < deadline:
+            pid = started_job()
+            if pid is not None:
+                for p in [pid] + _children(pid):
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                killed.append(pid)
+                return
+            time.sleep(0.05)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
@@ -187,6 +193,7 @@ def test_killed_job_becomes_fail_and_campaign_goes_on(tmp_path):
     assert killed, "the job was never seen running"
     trials = {t.user_attrs["task"]: t for t in trials_of(campaign.run_dir)}
     assert trials["random:0"].state == TrialState.FAIL
+    assert not (Path(trials["random:0"].user_attrs["artifact_dir"]) / "metrics.json").exists()  # killed mid-run
     assert "kill" in trials["random:0"].user_attrs["fail_reason"].lower() or \
         "without" in trials["random:0"].user_attrs["fail_reason"].lower()
     assert trials["random:1"].state == TrialState.COMPLETE

@@ -388,7 +388,7 @@ def test_slurm_preempted_checkpointable_job_resumes(slurm_cluster, tmp_path):
             time.sleep(0.2)
         time.sleep(1.5)
         subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)
-        out = wait_outcome(job, 60)
+        out = wait_outcome(job, 240)
         assert out is not None and out.ok, out
         assert out.result["count"] == 40
         assert out.result["starts"][0] == 0 and len(out.result["starts"]) == 2, out.result

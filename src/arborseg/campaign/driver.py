@@ -286,6 +286,27 @@ class Campaign:
         return study, trial, tree
 
     def submit(self, executor, task: Task) -> Running:
+        """Ask a trial for ``task`` and submit its job."""
+        return self.submit_many(executor, [task])[0]
+
+    def submit_many(self, executor, tasks: list[Task]) -> list[Running]:
+        """Ask one trial per task and submit their jobs; on SLURM several jobs go out as one array job."""
+        prepared = [self._prepare(task) for task in tasks]
+        if len(prepared) > 1 and getattr(executor, "kind", None) == "slurm":
+            with executor.batch():  # one sbatch --array; job ids exist once the block has ended
+                jobs = [executor.submit(job_fn) for *_, job_fn in prepared]
+        else:
+            jobs = [executor.submit(job_fn) for *_, job_fn in prepared]
+        runs = []
+        for (task, study, trial, out_dir, _), job in zip(prepared, jobs):
+            study._storage.set_trial_user_attr(trial._trial_id, "job_id", str(job.job_id))
+            study._storage.set_trial_user_attr(trial._trial_id, "log_path", str(job.paths.stderr))
+            self.started_trials += 1
+            runs.append(Running(task, trial, study, job, out_dir))
+        return runs
+
+    def _prepare(self, task: Task):
+        """(task, study, trial, trial folder, job function) for one task: the trial is asked, not yet submitted."""
         from arborseg.campaign.job import TrialJob
 
         study, trial, tree = self._ask(task)
@@ -311,11 +332,7 @@ class Campaign:
         job_fn = TrialJob(self.storage_url, task.study, trial._trial_id, str(tree_file), data, settings, str(out_dir),
                           {"pruner": self.cfg.pruner, "eval_every": self.cfg.budget["eval_every"],
                            "steps": self.cfg.budget["steps"]})
-        job = executor.submit(job_fn)
-        study._storage.set_trial_user_attr(trial._trial_id, "job_id", str(job.job_id))
-        study._storage.set_trial_user_attr(trial._trial_id, "log_path", str(job.paths.stderr))
-        self.started_trials += 1
-        return Running(task, trial, study, job, out_dir)
+        return task, study, trial, out_dir, job_fn
 
     def finish(self, run: Running, job_result) -> str:
         """Tell Optuna how a finished job ended (a :class:`JobOutcome`); return the state."""
@@ -357,11 +374,14 @@ class Campaign:
         queue = deque(tasks)
         running = list(running or [])
         while queue or running:
-            while queue and len(running) < self.workers:
-                if self.max_trials is not None and self.started_trials >= self.max_trials:
+            batch: list[Task] = []
+            while queue and len(running) + len(batch) < self.workers:
+                if self.max_trials is not None and self.started_trials + len(batch) >= self.max_trials:
                     queue.clear()
                     break
-                running.append(self.submit(executor, queue.popleft()))
+                batch.append(queue.popleft())
+            if batch:
+                running += self.submit_many(executor, batch)
                 self._show(bar, running)
             still = []
             for run in running:
