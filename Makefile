@@ -24,8 +24,18 @@ test: setup
 ci-services:
 	bash .ci/slurm_up.sh
 
+# every benchmark at its CPU size (several hours on 2 cores); each writes its section of benchmarks/README.md
 bench: setup
-	$(PYTHON) benchmarks/run_all.py
+	$(PIP) install -q -e ".[bench]"
+	$(PYTHON) benchmarks/bench_thin3d_builder.py --rounds 10 --steps 5
+	$(PYTHON) benchmarks/bench_vnc_mito_thin3d.py --steps 300 --threads 1
+	$(PYTHON) benchmarks/bench_orchestration.py --rounds 2 --trials 3 --tiny-steps 4 --qs-trees 4 --qs-steps 20
+	$(PYTHON) benchmarks/bench_pruning.py --seeds 0 1
+	$(PYTHON) benchmarks/bench_tiled_prediction.py --shape 16 512 512 --repeats 3 --trees 2 1
+	$(PYTHON) benchmarks/bench_large_volume.py --shape 64 2048 2048 --caps 400 250
+	$(PYTHON) benchmarks/bench_ensemble_predict.py --shape 12 256 256 --trees 1 3 2 --repeats 5
+	$(PYTHON) benchmarks/bench_active_learning.py
+	$(PYTHON) benchmarks/bench_search_vs_baselines.py --budget cpu
 
 clean:
 	rm -rf runs/quickstart trees .pytest_cache

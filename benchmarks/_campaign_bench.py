@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from _readme import update_readme  # noqa: E402,F401 - shared by the benchmarks
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -110,19 +112,3 @@ def machine() -> str:
 
 def load() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def update_readme(section: str, body: str) -> None:
-    """Replace (or append) the ``## section`` of benchmarks/README.md, leaving the others alone."""
-    path = HERE / "README.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    head = f"## {section}"
-    try:
-        start = lines.index(head)
-    except ValueError:
-        new = text.rstrip("\n") + f"\n\n{head}\n\n{body.strip()}\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + [head, "", body.strip(), ""] + lines[end:]).rstrip("\n") + "\n"
-    path.write_text(new)

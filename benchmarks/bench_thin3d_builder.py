@@ -17,11 +17,16 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _readme import update_readme
 
 from arborseg.nn.builder import build_network, count_parameters
 from arborseg.tree import ModuleTree
@@ -109,8 +114,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=5, help="steps per module per round")
-    ap.add_argument("--readme", type=Path, help="replace this script's section of benchmarks/README.md")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared machine, OpenMP threads waiting for a core make "
+                         "multi-threaded timings far noisier)")
+    ap.add_argument("--no-readme", action="store_true", help="print only; do not update benchmarks/README.md")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tree = ModuleTree.from_dict(PAPER_TREE | {"window": list(args.window)})
     built = build_network(tree, 2)
@@ -137,7 +146,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     lines = [
         f"Command: `python benchmarks/bench_thin3d_builder.py --window {' '.join(map(str, args.window))} "
-        f"--batch {args.batch} --rounds {args.rounds} --steps {args.steps}`",
+        f"--batch {args.batch} --rounds {args.rounds} --steps {args.steps} --threads {args.threads}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); load average {load:.1f} at the end.",
@@ -154,21 +163,8 @@ def main() -> None:
         f"ratios {', '.join(f'{r:.3f}' for r in per_round)}.",
     ]
     print("\n".join(lines))
-    if args.readme:
-        replace_section(args.readme, "## Built thin 3D U-Net vs hand-written", "\n".join(lines))
-
-
-def replace_section(readme: Path, heading: str, body: str) -> None:
-    """Write ``heading`` + ``body`` into the README, replacing that section if it is there."""
-    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    block = f"{heading}\n\n{body}\n"
-    if heading in text:
-        start = text.index(heading)
-        nxt = text.find("\n## ", start + len(heading))
-        text = text[:start] + block + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    readme.write_text(text)
+    if not args.no_readme:
+        update_readme("Built thin 3D U-Net vs hand-written", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _readme import update_readme  # noqa: E402,F401 - shared by the benchmarks
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SECTION = "Tiled prediction vs MONAI"
@@ -151,22 +153,6 @@ def machine() -> dict:
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "numpy": numpy.__version__, "monai": monai_version,
             "python": platform.python_version(), "load": os.getloadavg()[0]}
-
-
-def update_readme(section: str, body: str) -> None:
-    """Replace (or append) the ``## section`` of benchmarks/README.md, leaving the others alone."""
-    path = HERE / "README.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach script prints one table and writes its latest results here.\n"
-    lines = text.splitlines()
-    head = f"## {section}"
-    try:
-        start = lines.index(head)
-    except ValueError:
-        new = text.rstrip("\n") + f"\n\n{head}\n\n{body.strip()}\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + [head, "", body.strip(), ""] + lines[end:]).rstrip("\n") + "\n"
-    path.write_text(new)
 
 
 def run_tree(tree_seed: int, methods: list[str], shape, repeats: int, batch: int, tmp: Path) -> tuple[str, dict]:

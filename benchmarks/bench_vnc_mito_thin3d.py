@@ -5,7 +5,7 @@ kernels [3, 3, 3], pooling [1, 2, 2], window z 3) on ``examples/vnc_mito.yaml`` 
 number of steps and scores it on eval-near (z 10-13) and eval-far (z 15-20): IoU of mitochondria, mean IoU
 and FN-401 / FP-401 (2D: connected components per slice, as in the seed work). One row per seed.
 
-    python benchmarks/bench_vnc_mito_thin3d.py --steps 300 --seeds 0 --readme benchmarks/README.md
+    python benchmarks/bench_vnc_mito_thin3d.py --steps 300 --seeds 0
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_thin3d_builder import PAPER_TREE, replace_section  # noqa: E402
+from _readme import update_readme  # noqa: E402
+from bench_thin3d_builder import PAPER_TREE  # noqa: E402
 
 from arborseg.data import load_data_config  # noqa: E402
 from arborseg.errors import DataError  # noqa: E402
@@ -38,7 +40,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default=str(ROOT / "runs/bench_vnc_mito_thin3d"))
-    ap.add_argument("--readme", type=Path)
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--no-readme", action="store_true", help="print only; do not update benchmarks/README.md")
     args = ap.parse_args()
     try:
         data = load_data_config(args.data)
@@ -48,8 +51,9 @@ def main() -> None:
                                               "training": PAPER_TREE["training"] | {"batch_size": args.batch_size}})
     rows = []
     for seed in args.seeds:
+        shutil.rmtree(Path(args.out) / f"seed{seed}", ignore_errors=True)  # a fresh run, never a resumed one
         settings = TrainSettings(steps=args.steps, eval_every=max(1, args.steps // 3), seed=seed, device="cpu",
-                                 objective="fg_iou", overlays=False)
+                                 objective="fg_iou", overlays=False, num_threads=args.threads)
         t = time.perf_counter()
         result = train_and_score(tree, data, settings, Path(args.out) / f"seed{seed}", progress=True)
         wall = time.perf_counter() - t
@@ -59,7 +63,8 @@ def main() -> None:
                                              for r in ("eval_near", "eval_far")})
     lines = [
         f"Command: `python benchmarks/bench_vnc_mito_thin3d.py --steps {args.steps} --xy {args.xy} "
-        f"--batch-size {args.batch_size} --seeds {' '.join(map(str, args.seeds))}`",
+        f"--batch-size {args.batch_size} --seeds {' '.join(map(str, args.seeds))}"
+        + (f" --threads {args.threads}" if args.threads else "") + "`",
         "",
         f"Machine: {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f} at the end (shared machine).",
@@ -76,8 +81,8 @@ def main() -> None:
             lines.append(f"| {seed} | {train_s:.0f} | {wall:.0f} | {region} | {m['iou/mitochondria']:.3f} | "
                          f"{m['miou']:.3f} | {m['fn_401']:.0f} | {m['fp_401']:.0f} |")
     print("\n".join(lines))
-    if args.readme:
-        replace_section(args.readme, "## Thin 3D U-Net on VNC mitochondria after a few CPU minutes", "\n".join(lines))
+    if not args.no_readme:
+        update_readme("Thin 3D U-Net on VNC mitochondria after a few CPU minutes", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -355,7 +355,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, top: int = 5, 
         parts.append(f"<h3>by {by}</h3><div class=tablewrap>{to_html_table(grouped[keep], f'by-{by}')}</div>")
 
     parts.append('<h2 id="trials">All trials</h2><p class="muted">Best first; click a column heading to sort. '
-                 f'Every column (hyperparameters, every metric per class) is in <a href="runs.csv">runs.csv</a>.</p>')
+                 'Every column (hyperparameters, every metric per class) is in <a href="runs.csv">runs.csv</a>.</p>')
     view = sort_table(table)
     if not view.empty:
         view = view.assign(reason=view["fail_reason"].fillna(view["prune_reason"]).fillna("")

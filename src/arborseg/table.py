@@ -603,8 +603,10 @@ def format_table(table: pd.DataFrame, top: int | None = 10, objective: str | Non
     view = table.copy()
     grouped = bool(table.attrs.get("grouped") or table.attrs.get("summary"))
     if not grouped and "state" in view:
-        view["reason"] = view.get("fail_reason", pd.Series(index=view.index, dtype=object)).fillna(
-            view.get("prune_reason", pd.Series(index=view.index, dtype=object))).fillna("").astype(str).str.slice(0, 60)
+        empty = pd.Series("", index=view.index, dtype=object)
+        fail = view.get("fail_reason", empty).astype(object).where(lambda r: r.notna(), None)
+        prune = view.get("prune_reason", empty).astype(object).where(lambda r: r.notna(), "")
+        view["reason"] = fail.where(fail.notna(), prune).astype(str).str.slice(0, 60)
     several = len(campaign_infos(table)) > 1 or ("campaign" in view and view["campaign"].nunique() > 1)
     if order:
         view = sort_table(view, direction=direction)

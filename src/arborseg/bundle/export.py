@@ -215,7 +215,7 @@ def _fused_and_rdf(work: Path, final: Path, src, nets, windows, weights, onnx: b
     big = tuple(max(w[a] for w in windows) for a in range(3))
     fused = FusedEnsemble(nets, src.fusion, weights, src.n_classes).eval()
     try:
-        ts = to_torchscript(fused, big, work / "ensemble.ts", name="fused ensemble")
+        to_torchscript(fused, big, work / "ensemble.ts", name="fused ensemble")
     except Exception as exc:  # a member that cannot run at the largest window
         reason = f"the members cannot run together on one {big} tile ({str(exc).splitlines()[0][:200]})"
         log.warning("no fused ensemble module and no bioimage.io description: %s", reason)

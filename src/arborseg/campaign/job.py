@@ -9,17 +9,43 @@ it and it resumes from the trial folder's last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from arborseg.campaign.executors import CheckpointableJob
 from arborseg.errors import ArborsegError
 from arborseg.log import get_logger
 
 log = get_logger(__name__)
+
+
+@contextlib.contextmanager
+def job_log(path: Path) -> Iterator[None]:
+    """Send arborseg's log records (INFO and up) to ``path`` while the block runs."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("arborseg")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def failure(exc: BaseException, out: Path) -> dict[str, Any]:
+    """The FAIL result of a job's own exception: arborseg errors as they are, others with their first line
+    and the traceback written to ``out/error.txt``."""
+    if isinstance(exc, ArborsegError):
+        return {"state": "FAIL", "reason": str(exc)}
+    (out / "error.txt").write_text("".join(traceback.format_exception(exc)))
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return {"state": "FAIL", "reason": f"{type(exc).__name__}: {first[:300]} (traceback: {out / 'error.txt'})"}
 
 
 @dataclass
@@ -57,25 +83,14 @@ class TrialJob(CheckpointableJob):
 
         out = Path(self.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "trial.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root = logging.getLogger("arborseg")
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        try:
-            settings = TrainSettings.from_dict(self.settings)
-            tree = ModuleTree.load(self.tree_file)
-            reporter = self._reporter()
-            result = train_and_score(tree, self._load_data(), settings, out, reporter, progress=False)
-            return {"state": "COMPLETE", "value": result["objective_value"], "result": result}
-        except TrialPruned as exc:
-            return {"state": "PRUNED", "reason": str(exc)}
-        except ArborsegError as exc:
-            return {"state": "FAIL", "reason": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - a trial's own failure must not sink the campaign
-            (out / "error.txt").write_text(traceback.format_exc())
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            return {"state": "FAIL", "reason": f"{type(exc).__name__}: {first[:300]} (traceback: {out / 'error.txt'})"}
-        finally:
-            root.removeHandler(handler)
-            handler.close()
+        with job_log(out / "trial.log"):
+            try:
+                settings = TrainSettings.from_dict(self.settings)
+                tree = ModuleTree.load(self.tree_file)
+                reporter = self._reporter()
+                result = train_and_score(tree, self._load_data(), settings, out, reporter, progress=False)
+                return {"state": "COMPLETE", "value": result["objective_value"], "result": result}
+            except TrialPruned as exc:
+                return {"state": "PRUNED", "reason": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - a trial's own failure must not sink the campaign
+                return failure(exc, out)

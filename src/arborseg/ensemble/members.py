@@ -16,10 +16,8 @@ campaign trial trained for the same number of steps is copied from the trial fol
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,29 +154,20 @@ class MemberJob(CheckpointableJob):
         from arborseg.train import TrainSettings, train_and_score
         from arborseg.tree import ModuleTree
 
+        from arborseg.campaign.job import failure, job_log
+
         out = Path(self.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "member.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root = logging.getLogger("arborseg")
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        try:
-            settings = TrainSettings.from_dict(self.settings)
-            data = _load_data(self.data)
-            result = train_and_score(ModuleTree.load(self.tree_file), data, settings, out, progress=False)
-            regions = [r for r in self.regions if r in data.regions]
-            predict_member(out / "model.pt", data, regions, settings, out)
-            return {"state": "COMPLETE", "value": result["objective_value"]}
-        except ArborsegError as exc:
-            return {"state": "FAIL", "reason": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - a member's own failure must not sink the ensemble
-            (out / "error.txt").write_text(traceback.format_exc())
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            return {"state": "FAIL", "reason": f"{type(exc).__name__}: {first[:300]} (traceback: {out / 'error.txt'})"}
-        finally:
-            root.removeHandler(handler)
-            handler.close()
+        with job_log(out / "member.log"):
+            try:
+                settings = TrainSettings.from_dict(self.settings)
+                data = _load_data(self.data)
+                result = train_and_score(ModuleTree.load(self.tree_file), data, settings, out, progress=False)
+                regions = [r for r in self.regions if r in data.regions]
+                predict_member(out / "model.pt", data, regions, settings, out)
+                return {"state": "COMPLETE", "value": result["objective_value"]}
+            except Exception as exc:  # noqa: BLE001 - a member's own failure must not sink the ensemble
+                return failure(exc, out)
 
 
 # ------------------------------------------------------------------------------------------- running
