@@ -3,7 +3,8 @@
 Trains the fixed network of ``bench_thin3d_builder.py`` (depth 4, 32 filters, instance norm, LeakyReLU,
 kernels [3, 3, 3], pooling [1, 2, 2], window z 3) on ``examples/vnc_mito.yaml`` (train z 0-8) for a fixed
 number of steps and scores it on eval-near (z 10-13) and eval-far (z 15-20): IoU of mitochondria, mean IoU
-and FN-401 / FP-401 (2D: connected components per slice, as in the seed work). One row per seed.
+and FN-401 / FP-401 in percent of the region's voxels (2D: connected components per slice, as in the seed
+work). One row per seed.
 
     python benchmarks/bench_vnc_mito_thin3d.py --steps 300 --seeds 0
 """
@@ -72,14 +73,14 @@ def main() -> None:
         f"Network `{tree.name}` (the paper's), window (3, {args.xy}, {args.xy}), batch {args.batch_size}, "
         f"{args.steps} Adam steps with the tree's default schedule, augmentation on.",
         "",
-        "| seed | train (s) | total incl. eval (s) | region | IoU mito | mIoU | FN-401 (voxels) | FP-401 (voxels) |",
+        "| seed | train (s) | total incl. eval (s) | region | IoU mito | mIoU | FN-401 (% of voxels) | FP-401 (% of voxels) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for seed, train_s, wall, reg in rows:
         for region in ("eval_near", "eval_far"):
             m = reg[region]
             lines.append(f"| {seed} | {train_s:.0f} | {wall:.0f} | {region} | {m['iou/mitochondria']:.3f} | "
-                         f"{m['miou']:.3f} | {m['fn_401']:.0f} | {m['fp_401']:.0f} |")
+                         f"{m['miou']:.3f} | {m['fn_401']:.2f} | {m['fp_401']:.2f} |")
     print("\n".join(lines))
     if not args.no_readme:
         update_readme("Thin 3D U-Net on VNC mitochondria after a few CPU minutes", "\n".join(lines))
