@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ log = get_logger(__name__)
 # relative to their largest magnitude
 TRACE_RTOL = 1e-5
 ONNX_RTOL = 1e-4
+#: largest window (voxels) onnx's pure-numpy reference evaluator may check (~1 GB at 3 x 64 x 64 and width 32)
+REFERENCE_MAX_VOXELS = 3 * 64 * 64
 ONNX_OPSET = 18
 # tried in order: the TorchScript-based exporter (fast: well under a second for these networks, and it
 # exports the same traced graph the bundle ships), then torch.export's (seconds per network)
@@ -109,9 +112,12 @@ def _try_export(net: nn.Module, window: Sequence[int], path: Path, exporter: str
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         checked = "onnx.checker + onnxruntime"
-    except ImportError:  # onnx's pure-numpy reference evaluator: slower, same verdict
+    except ImportError:  # onnx's pure-numpy reference evaluator: slower, same verdict, but memory-hungry
         from onnx.reference import ReferenceEvaluator
 
+        if math.prod(window) > REFERENCE_MAX_VOXELS:  # its im2col convolutions need GBs for larger windows
+            return {"ok": False, "reason": f"not verified: window {tuple(window)} is too large for onnx's reference "
+                                           "evaluator (pip install onnxruntime to check and keep ONNX files)"}
         session = ReferenceEvaluator(str(path))
         checked = "onnx.checker + onnx.reference"
     try:
