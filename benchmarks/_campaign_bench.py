@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from _readme import update_readme  # noqa: E402,F401 - shared by the benchmarks
+from _readme import cpu_model, update_readme  # noqa: E402,F401 - shared by the benchmarks
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -98,14 +98,7 @@ def slurm_available() -> str | None:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or "?")
     return (f"{cpu}, {len(os.sched_getaffinity(0))} CPU cores, torch {torch.__version__} (CPU), "
             f"Python {platform.python_version()}")
 

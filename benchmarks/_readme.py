@@ -1,4 +1,4 @@
-"""Write one benchmark's section of benchmarks/README.md, leaving the other sections alone."""
+"""What the benchmarks share: writing one section of benchmarks/README.md, the machine's CPU model."""
 
 from __future__ import annotations
 
@@ -20,3 +20,14 @@ def update_readme(section: str, body: str, path: Path = README) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         new = "\n".join(lines[:start] + [head, "", body.strip(), ""] + lines[end:]).rstrip("\n") + "\n"
     path.write_text(new)
+
+
+def cpu_model(default: str = "?") -> str:
+    """The CPU model name from /proc/cpuinfo (``default`` where it cannot be read)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default

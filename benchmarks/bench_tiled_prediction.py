@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _readme import update_readme  # noqa: E402,F401 - shared by the benchmarks
+from _readme import cpu_model, update_readme  # noqa: E402,F401 - shared by the benchmarks
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -136,14 +136,7 @@ def machine() -> dict:
     import numpy
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or "")
     try:
         import monai
 
