@@ -240,6 +240,8 @@ def test_resume_after_driver_kill_9_loses_nothing(tmp_path):
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c.update(budgett={}), "budgett: unknown key; did you mean 'budget'"),
     (lambda c: c["budget"].update(steps=-1), "budget.steps: expected a non-negative integer"),
+    (lambda c: c["budget"].update(max_gflops=-2), "budget.max_gflops: expected a positive number"),
+    (lambda c: c["budget"].update(max_gflops="big"), "budget.max_gflops: expected a positive number"),
     (lambda c: c.update(space="nope.yaml"), "space: search space 'nope.yaml' not found"),
     (lambda c: c.update(executor={"kind": "kubernetes"}), "executor.kind: 'kubernetes'"),
     (lambda c: c.update(pruner={"name": "median_"}), "did you mean 'median'"),
@@ -255,3 +257,41 @@ def test_bad_campaign_files(tmp_path, mutate, message):
         load_campaign(path)
     assert message in str(info.value)
     assert isinstance(info.value, (CampaignError,)) or info.value.__class__.__name__ == "DataError"
+
+
+# ---------------------------------------------------------------------- compute cap
+def test_max_gflops_keeps_costly_trees_out_of_training(tmp_path):
+    from arborseg.nn import forward_gflops
+
+    free = Campaign(load_campaign(write_campaign(tmp_path, name="free", budget={"random_trees": 3})), tmp_path / "r",
+                    progress=False)
+    costs = sorted(free.gflops(t) for t in free.random_trees())
+    assert costs[0] < costs[-1]  # the cap below must turn at least one of these trees away
+    cap = (costs[0] + costs[-1]) / 2
+    path = write_campaign(tmp_path, name="capped", budget={"random_trees": 3, "refine_trials": 2, "max_gflops": cap})
+    run_dir = run_campaign(path, tmp_path / "runs")
+    trials = trials_of(run_dir)
+    trained = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(trained) == 5 and len({t.user_attrs["tree_id"] for t in trained if t.user_attrs["phase"] == "random"}) == 3
+    from arborseg.tree import ModuleTree
+
+    for t in trained:
+        assert forward_gflops(ModuleTree.load(t.user_attrs["tree_file"]), 3) <= cap
+    for t in trials:
+        if t.state == TrialState.FAIL:  # refinement proposals over the cap: closed untrained, with the reason
+            assert t.user_attrs["over_cap"] and "over max_gflops" in t.user_attrs["fail_reason"]
+            assert "artifact_dir" not in t.user_attrs
+    table = run_table([run_dir])
+    assert (table["state"] == "COMPLETE").sum() == 5
+
+
+def test_refinement_over_the_cap_falls_back_to_the_parent(tmp_path):
+    camp = Campaign(load_campaign(write_campaign(tmp_path, budget={"random_trees": 1})), tmp_path / "runs",
+                    progress=False)
+    parent = camp.random_trees()[0]
+    camp.max_gflops = camp.gflops(parent) / 1000  # nothing near this tree fits
+    study = camp.study(camp.refine_study_name(parent.id))
+    trial, tree = camp._ask_refinement(study, parent, tries=3)
+    closed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    assert len(closed) == 3 and all(t.user_attrs["over_cap"] for t in closed)
+    assert tree.choices == parent.choices  # the parent's own values, as a last resort

@@ -11,6 +11,7 @@
       refine_trials: 3                # ... each refined by this many Optuna trials
       steps: 150                      # train steps per trial
       eval_every: 50                  # validation (and pruning report) interval
+      max_gflops: 12                  # optional: skip trees whose forward pass over one window costs more
     objective: {metric: fg_iou}       # direction inferred (fn_*/fp_* minimise), or give direction:
     sampler: {name: tpe, seed: 0}     # tpe | cmaes | random (phase B); other keys go to the Optuna sampler
     seed: 0                           # seeds the samplers (default: sampler.seed, else 0)
@@ -53,7 +54,7 @@ class CampaignConfig:
     data: Any  # DataConfig
     data_spec: Any  # the path or mapping as written (resolved path when a path)
     space_path: Path
-    budget: dict[str, int]
+    budget: dict[str, Any]  # the BUDGET_KEYS (ints) and max_gflops (a number or None)
     objective: str
     direction: str
     sampler: dict[str, Any]
@@ -132,13 +133,21 @@ def load_campaign(path: str | Path) -> CampaignConfig:
     space_path = _resolve(str(raw["space"]), base, "search space", "space", source)
     load_space(space_path)  # validate now, not in a job
 
-    budget = dict(BUDGET_KEYS)
+    budget: dict[str, Any] = dict(BUDGET_KEYS)
     for key, value in (raw.get("budget") or {}).items():
+        if key == "max_gflops":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not value > 0):
+                raise CampaignError(f"{source}: budget.max_gflops: expected a positive number of GFLOPs "
+                                    f"(forward pass over one window) or null, got {value!r}")
+            budget[key] = value
+            continue
         if key not in BUDGET_KEYS:
-            raise CampaignError(f"{source}: budget.{key}: unknown key{_suggest(key, BUDGET_KEYS)}")
+            raise CampaignError(f"{source}: budget.{key}: unknown key{_suggest(key, [*BUDGET_KEYS, 'max_gflops'])}")
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise CampaignError(f"{source}: budget.{key}: expected a non-negative integer, got {value!r}")
         budget[key] = value
+    budget.setdefault("max_gflops", None)
     if budget["steps"] < 1 or budget["eval_every"] < 1:
         raise CampaignError(f"{source}: budget.steps and budget.eval_every must be at least 1")
 

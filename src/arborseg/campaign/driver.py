@@ -4,6 +4,8 @@ Phase A samples ``budget.random_trees`` distinct trees (tree i from the i-th chi
 seed, so a resumed campaign plans the same trees) and registers each in Optuna by enqueueing its
 drawn values, so every drawn value is an Optuna parameter. Phase B refines the refinable values
 of the ``refine_top`` best trees, one Optuna study per tree with the structure held fixed.
+With ``budget.max_gflops``, trees whose forward pass over one window costs more are never trained:
+phase A draws past them, and phase B closes such a proposal as FAIL ("over max_gflops") and asks again.
 
 Each unit of work is a *task* ("random:3", "refine:<tree id>:1"), stored as a trial attribute.
 On resume, finished tasks are skipped; RUNNING trials without a live job are closed as FAIL
@@ -106,6 +108,9 @@ class Campaign:
         kind = cfg.executor["kind"]
         self.workers = 1 if kind == "debug" else int(cfg.executor.get("workers", 2 if kind == "local" else 4))
         self.stats = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+        self.max_gflops: float | None = cfg.budget.get("max_gflops")
+        self._gflops: dict[str, float] = {}
+        self._random: list[ModuleTree] | None = None
         self._studies: dict[str, optuna.Study] = {}
         self._write_manifest()
 
@@ -217,11 +222,28 @@ class Campaign:
         return done, failed
 
     # ------------------------------------------------------------------ planning
+    def gflops(self, tree: ModuleTree) -> float:
+        """Forward GFLOPs of ``tree`` over its window (cached by tree id)."""
+        from arborseg.nn import forward_gflops
+
+        if tree.id not in self._gflops:
+            self._gflops[tree.id] = forward_gflops(tree, len(self.cfg.data.classes))
+        return self._gflops[tree.id]
+
+    def within_cap(self, tree: ModuleTree) -> bool:
+        return self.max_gflops is None or self.gflops(tree) <= self.max_gflops
+
     def random_trees(self) -> list[ModuleTree]:
-        """The campaign's random trees: deterministic for its seed, distinct."""
+        """The campaign's random trees: deterministic for its seed, distinct, within ``max_gflops``."""
         from arborseg.space.commands import sample_distinct
 
-        return sample_distinct(str(self.cfg.space_path), self.cfg.budget["random_trees"], self.cfg.seed)
+        if self._random is None:
+            n = self.cfg.budget["random_trees"]
+            self._random = sample_distinct(str(self.cfg.space_path), n, self.cfg.seed, accept=self.within_cap)
+            if len(self._random) < n and self.max_gflops is not None:
+                log.warning("only %d of %d random trees cost at most max_gflops %s; raise it or shrink the "
+                            "space's windows and widths", len(self._random), n, self.max_gflops)
+        return self._random
 
     def plan_random(self, resume: dict[str, str], busy: set[str] = frozenset()) -> list[Task]:
         done, failed = self.task_states()
@@ -278,11 +300,30 @@ class Campaign:
                 raise CampaignError(f"replaying tree {task.tree.name} through Optuna gave {tree.name}; "
                                     "the search space file changed since the campaign started")
         else:
-            trial = study.ask()
-            tree = self.space.sample(OptunaDraw(trial, fixed=task.tree.structural_choices()))
-            if tree.structural_choices() != task.tree.structural_choices():
-                raise CampaignError(f"refinement changed the structure of {task.tree.name}")
+            trial, tree = self._ask_refinement(study, task.tree)
         return study, trial, tree
+
+    def _ask_refinement(self, study: optuna.Study, parent: ModuleTree,
+                        tries: int = 20) -> tuple[optuna.trial.Trial, ModuleTree]:
+        """A refinement of ``parent``; proposals over ``max_gflops`` are closed as FAIL (untrained, with the
+        reason) and asked again; after ``tries`` of them the parent's own values are proposed."""
+        for attempt in range(tries + 1):
+            if attempt == tries:
+                study.enqueue_trial({k: v for k, v in parent.choices.items()
+                                     if k not in parent.structural_choices()}, skip_if_exists=False)
+            trial = study.ask()
+            tree = self.space.sample(OptunaDraw(trial, fixed=parent.structural_choices()))
+            if tree.structural_choices() != parent.structural_choices():
+                raise CampaignError(f"refinement changed the structure of {parent.name}")
+            if attempt == tries or self.within_cap(tree):
+                return trial, tree
+            reason = f"over max_gflops: {self.gflops(tree):.1f} > {self.max_gflops} GFLOPs per window; not trained"
+            for key, value in {"fail_reason": reason, "over_cap": True, "tree_name": tree.name,
+                               "tree_id": tree.id, "parent_tree_id": parent.id, "phase": "refine"}.items():
+                study._storage.set_trial_user_attr(trial._trial_id, key, value)
+            study.tell(trial, state=TrialState.FAIL)
+            log.info("refinement of %s: %s", parent.name, reason)
+        raise AssertionError("unreachable")
 
     def submit(self, executor, task: Task) -> Running:
         """Ask a trial for ``task`` and submit its job."""

@@ -2,7 +2,7 @@
 
 from arborseg.nn.blocks import BUILDERS, register_builder
 from arborseg.nn.builder import (ArborNet, build_network, check_window, count_flops, count_parameters,
-                                 network_summary, window_multiple)
+                                 forward_gflops, network_summary, window_multiple)
 
 __all__ = ["BUILDERS", "register_builder", "ArborNet", "build_network", "check_window", "count_flops",
-           "count_parameters", "network_summary", "window_multiple"]
+           "count_parameters", "forward_gflops", "network_summary", "window_multiple"]

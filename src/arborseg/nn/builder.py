@@ -87,6 +87,19 @@ def count_flops(model: nn.Module, window: tuple[int, int, int], in_channels: int
     return int(counter.get_total_flops())
 
 
+def forward_gflops(tree: ModuleTree, n_classes: int = 2, window: tuple[int, int, int] | None = None) -> float:
+    """GFLOPs of one forward pass over one window (default: the tree's own), counted without allocating
+    the network: it is built on PyTorch's ``meta`` device (a training step costs about 3 x batch x this)."""
+    window = tuple(window or tree.window)
+    check_window(tree, window)
+    try:
+        with torch.device("meta"):
+            flops = count_flops(build_network(tree, n_classes), window)
+    except (NotImplementedError, RuntimeError):  # a layer that cannot run on meta tensors: count for real
+        flops = count_flops(build_network(tree, n_classes), window)
+    return flops / 1e9
+
+
 def network_summary(tree: ModuleTree, n_classes: int = 2, window: tuple[int, int, int] | None = None) -> dict:
     """Parameters and FLOPs per voxel of the tree's network for ``window`` (default: its own)."""
     window = tuple(window or tree.window)

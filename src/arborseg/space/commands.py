@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,10 @@ def validate(path: str, probe: int = 64) -> str:
             f"({n_struct} structural, {len(hps) - n_struct} refinable); {probe} sampled trees fit their windows")
 
 
-def sample_distinct(path: str, n: int, seed: int, max_tries: int = 50) -> list[ModuleTree]:
-    """Sample ``n`` distinct trees; tree i uses the i-th child of SeedSequence(seed)."""
+def sample_distinct(path: str, n: int, seed: int, max_tries: int = 50,
+                    accept: Callable[[ModuleTree], bool] | None = None) -> list[ModuleTree]:
+    """Sample ``n`` distinct trees; draw i uses the i-th child of SeedSequence(seed). Draws that repeat a
+    tree or that ``accept`` turns down are skipped."""
     space = load_space(path)
     trees: list[ModuleTree] = []
     seen: set[str] = set()
@@ -47,6 +50,8 @@ def sample_distinct(path: str, n: int, seed: int, max_tries: int = 50) -> list[M
         if tree.id in seen:
             continue
         seen.add(tree.id)
+        if accept is not None and not accept(tree):
+            continue
         trees.append(tree)
         if len(trees) == n:
             break
