@@ -55,7 +55,7 @@ def sample_distinct(path: str, n: int, seed: int, max_tries: int = 50,
         trees.append(tree)
         if len(trees) == n:
             break
-    if len(trees) < n:
+    if len(trees) < n and accept is None:  # with a filter, the caller says what was turned down
         log.warning("the space %s has only %d distinct trees within %d draws", space.name, len(trees), len(children))
     return trees
 
@@ -65,7 +65,7 @@ def summary_line(tree: ModuleTree, n_classes: int) -> str:
 
     s = network_summary(tree, n_classes)
     return (f"{tree.name:28s} id={tree.id[:12]}  family={tree.family:11s} params={s['params']:>10,d}  "
-            f"FLOPs/voxel={s['flops_per_voxel']:>12,.0f}  window={tree.window[0]}x{tree.window[1]}x{tree.window[2]}")
+            f"FLOPs/voxel={s['flops_per_voxel']:>12,.0f}  GFLOPs/window={s['flops'] / 1e9:>7.2f}  window={tree.window[0]}x{tree.window[1]}x{tree.window[2]}")
 
 
 def sample(path: str, n: int, seed: int, out: str, n_classes: int, pictures: bool = True) -> list[str]:
