@@ -23,12 +23,12 @@ Budget accounting, per dataset and seed (``T`` = ``total_steps`` of the budget):
 
 So "arborseg best" and "arborseg ensemble" are two readings of one search, each charged the campaign plus its
 own training, each at most T; the steps actually used are measured and written next to every score. Batch size
-(4) is the same for every network; windows differ (they are part of each tree), so voxels seen per step and
+(the budget's ``batch``) is the same for every network; windows differ (they are part of each tree), so voxels seen per step and
 seconds per step are reported too.
 
 One command, resumable (finished pieces are skipped; a killed run continues where it stopped)::
 
-    python benchmarks/bench_search_vs_baselines.py --budget cpu            # ~45 min on 2 idle CPU cores
+    python benchmarks/bench_search_vs_baselines.py --budget cpu            # T = 100, batch 2: ~45 min on 2 idle cores
     python benchmarks/bench_search_vs_baselines.py --budget gpu            # one GPU (local executor)
     python benchmarks/bench_search_vs_baselines.py --budget gpu --executor slurm \
         --executor-option partition=gpu --executor-option gpus_per_node=1 --executor-option cpus_per_task=8
@@ -60,7 +60,9 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
 SECTION = "## Search vs fixed baselines"
-BEGIN, END = "<!-- bench_search_vs_baselines:begin -->", "<!-- bench_search_vs_baselines:end -->"
+def markers(budget: str) -> tuple[str, str]:
+    """The README block of one budget lies between these two lines."""
+    return f"<!-- bench_search_vs_baselines:{budget}:begin -->", f"<!-- bench_search_vs_baselines:{budget}:end -->"
 
 DATASETS = {  # name -> data YAML shipped in examples/
     "vnc_mito": "examples/vnc_mito.yaml",
@@ -76,22 +78,34 @@ ARM_LABELS = {"baseline_A": "A: thin 3D U-Net (paper)", "baseline_B": "B: 2D U-N
 REPORT_REGIONS = ("eval_near", "eval_far")
 ENSEMBLE_NAME = "bench"
 
-# T: total train steps per arm and seed. campaign: the campaign's budget block. top/ens_seeds: ensemble size.
-# crop: validation and eval regions cut to a centred crop of this many xy pixels (None: whole regions as in
-# examples/*.yaml); training always draws windows from the whole training region.
+# T: total train steps per arm and seed. batch: batch size of every network in every arm (the trees carry no
+# batch size, so this is the only one). cap: searched trees may cost at most as much per window (forward
+# GFLOPs) as the costlier baseline, so that equal steps are not unequal compute (the campaign's max_gflops).
+# campaign: the campaign's budget block. top/ens_seeds: ensemble size. crop: validation and eval regions cut
+# to a centred crop of this many xy pixels (None: whole regions as in examples/*.yaml); training always draws
+# windows from the whole training region.
 BUDGETS: dict[str, dict[str, Any]] = {
-    "tiny": {"total_steps": 16, "campaign": {"random_trees": 2, "refine_top": 1, "refine_trials": 1, "steps": 4,
-                                             "eval_every": 2},
+    "tiny": {"total_steps": 16, "batch": 4, "cap": True,
+             "campaign": {"random_trees": 2, "refine_top": 1, "refine_trials": 1, "steps": 4, "eval_every": 2},
              "pruner": {"name": "none"}, "top": 2, "ens_seeds": 2, "crop": {"vnc": 128, "isbi": 128},
              "baseline_windows": {"baseline_A": [3, 64, 64]},
              "local": {"slots": 2, "threads_per_job": 1, "campaign_workers": 2, "timeout_min": 60}},
-    "cpu": {"total_steps": 150, "campaign": {"random_trees": 4, "refine_top": 1, "refine_trials": 1, "steps": 15,
-                                             "eval_every": 5},
+    # the CPU size (~45 min on 2 idle cores). cpu150 below took about 2 hours there, most of it in searched
+    # trees whose windows (up to 5 x 128 x 128) cost 2-16x a baseline step: now the cap, batch 2 for every
+    # arm and a smaller VNC eval crop; the steps and their split between search and training are unchanged
+    "cpu": {"total_steps": 150, "batch": 2, "cap": True,
+            "campaign": {"random_trees": 4, "refine_top": 1, "refine_trials": 1, "steps": 15, "eval_every": 5},
             "pruner": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 5}, "top": 2, "ens_seeds": 2,
-            "crop": {"vnc": 384, "isbi": 256}, "baseline_windows": {"baseline_A": [3, 64, 64]},
+            "crop": {"vnc": 256, "isbi": 256}, "baseline_windows": {"baseline_A": [3, 64, 64]},
             "local": {"slots": 2, "threads_per_job": 1, "campaign_workers": 2, "timeout_min": 240}},
-    "gpu": {"total_steps": 20000, "campaign": {"random_trees": 16, "refine_top": 2, "refine_trials": 4,
-                                               "steps": 400, "eval_every": 100},
+    # the first CPU size (run 2026-11-23 as "cpu": 44 of 45 pieces, about 2 hours on 2 cores)
+    "cpu150": {"total_steps": 150, "batch": 4, "cap": False,
+               "campaign": {"random_trees": 4, "refine_top": 1, "refine_trials": 1, "steps": 15, "eval_every": 5},
+               "pruner": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 5}, "top": 2, "ens_seeds": 2,
+               "crop": {"vnc": 384, "isbi": 256}, "baseline_windows": {"baseline_A": [3, 64, 64]},
+               "local": {"slots": 2, "threads_per_job": 1, "campaign_workers": 2, "timeout_min": 240}},
+    "gpu": {"total_steps": 20000, "batch": 4, "cap": True,
+            "campaign": {"random_trees": 16, "refine_top": 2, "refine_trials": 4, "steps": 400, "eval_every": 100},
             "pruner": {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 100}, "top": 3, "ens_seeds": 2,
             "crop": None,
             # one GPU: two jobs share it (these nets are small), 8 CPU threads each for augmentation and metrics
@@ -172,12 +186,26 @@ def data_yaml(ds: str, budget: dict, out: Path) -> Path:
     return path
 
 
-def campaign_yaml(ds: str, seed: int, budget: dict, data: Path, space: Path, executor: dict, out: Path) -> Path:
+def baseline_gflops(budget: dict, n_classes: int) -> dict[str, float]:
+    """Forward GFLOPs of each baseline over one window (the window the budget trains it with)."""
+    from arborseg.nn import forward_gflops
+    from arborseg.tree import ModuleTree
+
+    out = {}
+    for arm, path in BASELINES.items():
+        window = (budget.get("baseline_windows") or {}).get(arm)
+        out[arm] = round(forward_gflops(ModuleTree.load(ROOT / path), n_classes, window and tuple(window)), 3)
+    return out
+
+
+def campaign_yaml(ds: str, seed: int, budget: dict, data: Path, space: Path, executor: dict, out: Path,
+                  max_gflops: float | None) -> Path:
     camp = {"name": f"{ds}_s{seed}", "description": f"bench_search_vs_baselines {ds} seed {seed}",
-            "data": str(data), "space": str(space), "budget": budget["campaign"],
+            "data": str(data), "space": str(space), "budget": {**budget["campaign"], "max_gflops": max_gflops},
             "objective": {"metric": "fg_iou"}, "sampler": {"name": "tpe", "seed": seed}, "pruner": budget["pruner"],
             "executor": executor, "storage": "journal" if executor["kind"] == "slurm" else "sqlite",
-            "train": {"seed": seed, "overlays": False}, "seed": seed}
+            "train": {"seed": seed, "overlays": False, "overrides": {"batch_size": budget["batch"]}},
+            "seed": seed}
     path = out / "campaigns" / f"{ds}_s{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(camp, sort_keys=False)
@@ -217,9 +245,9 @@ class TrainPiece(_checkpointable()):
         return {"steps": result["steps"], "train_seconds": result["train_seconds"]}
 
 
-def train_settings(steps: int, seed: int, eval_every: int | None = None) -> dict:
+def train_settings(steps: int, seed: int, batch: int, eval_every: int | None = None) -> dict:
     return {"steps": steps, "eval_every": eval_every or steps, "seed": seed, "objective": "fg_iou",
-            "fn_mode": "2d", "overlays": False}
+            "fn_mode": "2d", "overlays": False, "overrides": {"batch_size": batch}}
 
 
 @dataclass
@@ -344,19 +372,17 @@ def trial_seconds(folder: Path) -> float:
     return float("nan")
 
 
-def voxels_per_step(tree_file: Path, batch: int = 4) -> int:
+def voxels_per_step(tree_file: Path, batch: int) -> int:
     from arborseg.tree import ModuleTree
 
-    tree = ModuleTree.load(tree_file)
-    bs = int(tree.training_values().get("batch_size", batch))
-    return bs * math.prod(tree.window)
+    return batch * math.prod(ModuleTree.load(tree_file).window)
 
 
-def campaign_usage(run_dir: Path) -> dict[str, Any]:
+def campaign_usage(run_dir: Path, batch: int) -> dict[str, Any]:
     trials = sorted((run_dir / "trials").glob("*")) if (run_dir / "trials").is_dir() else []
     steps = [trial_steps(t) for t in trials]
     secs = [trial_seconds(t) for t in trials]
-    vox = sum(s * voxels_per_step(t / "tree.yaml") for s, t in zip(steps, trials) if (t / "tree.yaml").is_file())
+    vox = sum(s * voxels_per_step(t / "tree.yaml", batch) for s, t in zip(steps, trials) if (t / "tree.yaml").is_file())
     return {"steps": sum(steps), "trials": len(trials), "complete": sum((t / "metrics.json").is_file() for t in trials),
             "train_seconds": round(sum(s for s in secs if not math.isnan(s)), 1), "voxels": vox}
 
@@ -377,15 +403,18 @@ def metric_rows(scores: dict[str, dict], base: dict) -> list[dict]:
 
 def collect(work: Path, datasets: list[str], seeds: list[int], b: dict) -> tuple[list[dict], list[dict]]:
     """(score rows, accounting rows) from every finished piece."""
+    from arborseg.data import load_data_config
+    from arborseg.nn import forward_gflops
     from arborseg.tree import ModuleTree
 
     rows, acct = [], []
     p = plan(b)
     for ds in datasets:
+        n_classes = len(load_data_config(work / "data" / f"{ds}.yaml").classes)
         for seed in seeds:
             cell = work / ds / f"s{seed}"
             run_dir = cell / "runs" / f"{ds}_s{seed}"
-            camp = campaign_usage(run_dir) if (cell / "campaign.done").exists() else None
+            camp = campaign_usage(run_dir, b["batch"]) if (cell / "campaign.done").exists() else None
             for arm in ARMS:
                 base = {"dataset": ds, "seed": seed, "arm": arm}
                 info: dict[str, Any] = {**base, "planned_steps": None, "steps_used": None, "train_seconds": None}
@@ -398,8 +427,9 @@ def collect(work: Path, datasets: list[str], seeds: list[int], b: dict) -> tuple
                     scores = m["regions"]
                     tree = ModuleTree.load(folder / "tree.yaml")
                     own = int(m["steps"])
-                    vox = own * voxels_per_step(folder / "tree.yaml")
+                    vox = own * voxels_per_step(folder / "tree.yaml", b["batch"])
                     info.update(tree=tree.name, family=tree.family, params=m["params"], window=m["window"],
+                                gflops_per_window=round(forward_gflops(tree, n_classes), 2),
                                 train_seconds=m["train_seconds"], own_steps=own)
                     if arm == "arborseg_best":
                         info.update(planned_steps=p["campaign"] + p["best_retrain"], steps_used=camp["steps"] + own,
@@ -427,7 +457,7 @@ def collect(work: Path, datasets: list[str], seeds: list[int], b: dict) -> tuple
                         sec = trial_seconds(member)
                         new_secs += 0.0 if math.isnan(sec) else sec
                         if (member / "tree.yaml").is_file():
-                            new_vox += s * voxels_per_step(member / "tree.yaml")
+                            new_vox += s * voxels_per_step(member / "tree.yaml", b["batch"])
                     selected = man.get("members") or []
                     info.update(tree=" + ".join(f"{m.get('tree_name')}/s{m.get('seed')}" for m in selected),
                                 family=",".join(sorted({str(m.get('family')) for m in selected})),
@@ -564,6 +594,7 @@ def write_readme(result: dict, summary: list[dict], acct: list[dict], datasets: 
                  csv: Path) -> None:
     b, p = result["budget"], result["plan"]
     index = {(s["dataset"], s["arm"], s["region"], s["metric"]): s for s in summary}
+    BEGIN, END = markers(result["budget_name"])
     L = [BEGIN, "", f"Command: `{result['command']}`", ""]
     runs = result["invocations"]
     m0 = runs[0]["machine"]
@@ -576,7 +607,7 @@ def write_readme(result: dict, summary: list[dict], acct: list[dict], datasets: 
              + (f"; not finished: {', '.join(result['unfinished'][:12])}"
                 + (" ..." if len(result['unfinished']) > 12 else "") if result["unfinished"] else "") + ".")
     L += ["", f"Budget `{result['budget_name']}`, per dataset and seed (seeds {result['seeds']}): T = "
-          f"{p['total']} train steps per arm, batch 4 for every network.", "",
+          f"{p['total']} train steps per arm, batch {b['batch']} for every network.", "",
           "| arm | what trains | planned steps |", "| --- | --- | --- |",
           f"| A, B | the fixed tree, one run | {p['baseline']} |",
           f"| arborseg best | campaign ({campaign_trials(b)} trials x {b['campaign']['steps']} steps: "
@@ -587,6 +618,16 @@ def write_readme(result: dict, summary: list[dict], acct: list[dict], datasets: 
           f"{b['ens_seeds']} --steps {p['ensemble_member']}` ({p['ensemble_members']} members; members that "
           f"are campaign trials are reused) | {p['campaign']} + {p['ensemble_members']} x {p['ensemble_member']}"
           f" = {p['campaign'] + p['ensemble_member'] * p['ensemble_members']} |", ""]
+    caps = result.get("max_gflops") or {}
+    costs = result.get("baseline_gflops") or {}
+    if costs:
+        L.append("Forward GFLOPs per window: " + "; ".join(
+            f"{ds}: " + ", ".join(f"{arm.replace('baseline_', '')} {g:.1f}" for arm, g in c.items())
+            for ds, c in costs.items()) + (". Searched trees are capped at the costlier baseline (the campaign's "
+                                           "`budget.max_gflops`), so that an arborseg step costs at most a "
+                                           "baseline step." if any(v is not None for v in caps.values())
+                                           else ". No cap on the searched trees.") + "")
+        L.append("")
     crop = b.get("crop")
     L.append("Regions: those of `examples/vnc_mito.yaml`, `examples/vnc_5class.yaml`, "
              "`examples/isbi2012_membrane.yaml`" + (f"; validation and eval regions cut to a centred "
@@ -623,8 +664,11 @@ def write_readme(result: dict, summary: list[dict], acct: list[dict], datasets: 
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + block + rest.split(END, 1)[1]
-    elif SECTION in text:
-        text = text.replace(SECTION, SECTION + "\n\n" + block, 1)
+    elif SECTION in text:  # a new budget: its block goes at the end of the section
+        start = text.index(SECTION)
+        end = text.find("\n## ", start + len(SECTION))
+        end = len(text) if end < 0 else end + 1
+        text = text[:end].rstrip() + "\n\n" + block + "\n\n" + text[end:]
     else:
         text = text.rstrip() + f"\n\n{SECTION}\n\n{block}\n"
     README.write_text(text)
@@ -691,6 +735,12 @@ def main(argv: list[str] | None = None) -> int:
     load_space(space)
     data = {ds: data_yaml(ds, b, work) for ds in args.datasets}
 
+    from arborseg.data import load_data_config
+
+    costs = {ds: baseline_gflops(b, len(load_data_config(data[ds]).classes)) for ds in args.datasets}
+    caps = {ds: max(costs[ds].values()) if b.get("cap") else None for ds in args.datasets}
+    print("forward GFLOPs per window: " + "; ".join(f"{ds} {c}" for ds, c in costs.items())
+          + (f"; searched trees capped at the costlier baseline" if b.get("cap") else "; no cap"), flush=True)
     have_ensemble, ens_help = ensemble_available()
     pieces: list[Piece] = []
     if not args.collect_only:
@@ -721,9 +771,9 @@ def main(argv: list[str] | None = None) -> int:
                 cell.mkdir(parents=True, exist_ok=True)
                 for arm, tree in BASELINES.items():
                     pieces.append(job_piece(f"{ds}/s{seed}/{arm}", ROOT / tree, data[ds],
-                                            train_settings(p["baseline"], seed), cell / arm,
+                                            train_settings(p["baseline"], seed, b["batch"]), cell / arm,
                                             window=(b.get("baseline_windows") or {}).get(arm)))
-                camp = campaign_yaml(ds, seed, b, data[ds], space, camp_exec, cell)
+                camp = campaign_yaml(ds, seed, b, data[ds], space, camp_exec, cell, caps[ds])
                 run_dir = cell / "runs" / f"{ds}_s{seed}"
                 marker = cell / "campaign.done"
 
@@ -742,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
                 pc.done = lambda marker=marker: marker.exists()
                 pieces.append(pc)
                 pieces.append(job_piece(f"{ds}/s{seed}/best", lambda run_dir=run_dir: best_tree(run_dir), data[ds],
-                                        train_settings(p["best_retrain"], seed), cell / "best", deps=(ckey,)))
+                                        train_settings(p["best_retrain"], seed, b["batch"]), cell / "best", deps=(ckey,)))
                 ens_json = run_dir / "ensembles" / ENSEMBLE_NAME / "ensemble.json"
                 if have_ensemble:
                     cmd = [sys.executable, "-m", "arborseg.cli", "-q", "ensemble", run_dir, "--top", b["top"],
@@ -766,8 +816,6 @@ def main(argv: list[str] | None = None) -> int:
         unfinished = []
 
     # ------------------------------------------------------------------ outputs
-    from arborseg.data import load_data_config
-
     rows, acct = collect(work, args.datasets, seeds, b)
     summary = summarise(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -811,10 +859,12 @@ def main(argv: list[str] | None = None) -> int:
               "finished": finished, "pieces": total, "unfinished": unfinished,
               "classes": {ds: list(load_data_config(data[ds]).classes) for ds in args.datasets},
               "accounting": acct, "summary": summary, "rows": rows,
-              "baselines": {k: str(v) for k, v in BASELINES.items()}, "spaces": list(SPACES)}
+              "baselines": {k: str(v) for k, v in BASELINES.items()}, "spaces": list(SPACES),
+              "baseline_gflops": costs, "max_gflops": caps}
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
     png = plot(summary, rows, args.datasets, stem.with_suffix(".png"),
-               f"search vs fixed baselines, budget {args.budget}: T = {p['total']} steps per arm and seed")
+               f"search vs fixed baselines, budget {args.budget}: T = {p['total']} steps per arm and seed, batch "
+               f"{b['batch']}" + (", searched trees at most the costlier baseline's GFLOPs" if b.get("cap") else ""))
     if not args.no_readme and args.budget != "tiny":
         write_readme(result, summary, acct, args.datasets, png, stem.with_suffix(".csv"))
     print(f"\nwrote {stem.with_suffix('.csv')}, _summary.csv, _accounting.csv, .json, .png"
