@@ -309,8 +309,7 @@ class Campaign:
         reason) and asked again; after ``tries`` of them the parent's own values are proposed."""
         for attempt in range(tries + 1):
             if attempt == tries:
-                study.enqueue_trial({k: v for k, v in parent.choices.items()
-                                     if k not in parent.structural_choices()}, skip_if_exists=False)
+                study.enqueue_trial(parent.refinable_choices(), skip_if_exists=False)
             trial = study.ask()
             tree = self.space.sample(OptunaDraw(trial, fixed=parent.structural_choices()))
             if tree.structural_choices() != parent.structural_choices():
