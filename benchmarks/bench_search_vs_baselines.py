@@ -740,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     costs = {ds: baseline_gflops(b, len(load_data_config(data[ds]).classes)) for ds in args.datasets}
     caps = {ds: max(costs[ds].values()) if b.get("cap") else None for ds in args.datasets}
     print("forward GFLOPs per window: " + "; ".join(f"{ds} {c}" for ds, c in costs.items())
-          + (f"; searched trees capped at the costlier baseline" if b.get("cap") else "; no cap"), flush=True)
+          + ("; searched trees capped at the costlier baseline" if b.get("cap") else "; no cap"), flush=True)
     have_ensemble, ens_help = ensemble_available()
     pieces: list[Piece] = []
     if not args.collect_only:
