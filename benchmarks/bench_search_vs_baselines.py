@@ -22,13 +22,14 @@ Budget accounting, per dataset and seed (``T`` = ``total_steps`` of the budget):
                           (members that are campaign trials, same tree, seed and steps, are reused, free)
 
 So "arborseg best" and "arborseg ensemble" are two readings of one search, each charged the campaign plus its
-own training, each at most T; the steps actually used are measured and written next to every score. Batch size
-(the budget's ``batch``) is the same for every network; windows differ (they are part of each tree), so voxels seen per step and
-seconds per step are reported too.
+own training, each at most T; the steps actually used are measured and written next to every score. The batch
+size (the budget's ``batch``) is the same for every network, and with the budget's ``cap`` searched trees may
+cost at most as much per window as the costlier baseline; windows differ (they are part of each tree), so
+voxels seen per step and seconds per step are reported too.
 
 One command, resumable (finished pieces are skipped; a killed run continues where it stopped)::
 
-    python benchmarks/bench_search_vs_baselines.py --budget cpu            # T = 100, batch 2: ~45 min on 2 idle cores
+    python benchmarks/bench_search_vs_baselines.py --budget cpu            # T = 150, batch 2, capped: ~40 min on 2 idle cores
     python benchmarks/bench_search_vs_baselines.py --budget gpu            # one GPU (local executor)
     python benchmarks/bench_search_vs_baselines.py --budget gpu --executor slurm \
         --executor-option partition=gpu --executor-option gpus_per_node=1 --executor-option cpus_per_task=8
@@ -60,9 +61,12 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
 SECTION = "## Search vs fixed baselines"
+
+
 def markers(budget: str) -> tuple[str, str]:
     """The README block of one budget lies between these two lines."""
     return f"<!-- bench_search_vs_baselines:{budget}:begin -->", f"<!-- bench_search_vs_baselines:{budget}:end -->"
+
 
 DATASETS = {  # name -> data YAML shipped in examples/
     "vnc_mito": "examples/vnc_mito.yaml",
@@ -626,7 +630,7 @@ def write_readme(result: dict, summary: list[dict], acct: list[dict], datasets: 
             for ds, c in costs.items()) + (". Searched trees are capped at the costlier baseline (the campaign's "
                                            "`budget.max_gflops`), so that an arborseg step costs at most a "
                                            "baseline step." if any(v is not None for v in caps.values())
-                                           else ". No cap on the searched trees.") + "")
+                                           else ". No cap on the searched trees."))
         L.append("")
     crop = b.get("crop")
     L.append("Regions: those of `examples/vnc_mito.yaml`, `examples/vnc_5class.yaml`, "
@@ -737,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from arborseg.data import load_data_config
 
-    costs = {ds: baseline_gflops(b, len(load_data_config(data[ds]).classes)) for ds in args.datasets}
+    classes = {ds: list(load_data_config(data[ds]).classes) for ds in args.datasets}
+    costs = {ds: baseline_gflops(b, len(classes[ds])) for ds in args.datasets}
     caps = {ds: max(costs[ds].values()) if b.get("cap") else None for ds in args.datasets}
     print("forward GFLOPs per window: " + "; ".join(f"{ds} {c}" for ds, c in costs.items())
           + ("; searched trees capped at the costlier baseline" if b.get("cap") else "; no cap"), flush=True)
@@ -857,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
               "datasets": args.datasets,
               "command": command, "invocations": invocations or [{"started": "?", "machine": mach}],
               "finished": finished, "pieces": total, "unfinished": unfinished,
-              "classes": {ds: list(load_data_config(data[ds]).classes) for ds in args.datasets},
+              "classes": classes,
               "accounting": acct, "summary": summary, "rows": rows,
               "baselines": {k: str(v) for k, v in BASELINES.items()}, "spaces": list(SPACES),
               "baseline_gflops": costs, "max_gflops": caps}

@@ -36,7 +36,8 @@ from arborseg.train import TrainSettings, minimise
 
 TOP_KEYS = ("name", "description", "data", "space", "budget", "objective", "sampler", "pruner", "executor",
             "storage", "train", "retries", "seed")
-BUDGET_KEYS = {"random_trees": 8, "refine_top": 2, "refine_trials": 4, "steps": 200, "eval_every": 50}
+BUDGET_KEYS = {"random_trees": 8, "refine_top": 2, "refine_trials": 4, "steps": 200, "eval_every": 50,
+               "max_gflops": None}
 SAMPLERS = ("tpe", "cmaes", "random")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
 EXECUTORS = ("debug", "local", "slurm")
@@ -54,7 +55,7 @@ class CampaignConfig:
     data: Any  # DataConfig
     data_spec: Any  # the path or mapping as written (resolved path when a path)
     space_path: Path
-    budget: dict[str, Any]  # the BUDGET_KEYS (ints) and max_gflops (a number or None)
+    budget: dict[str, Any]  # the BUDGET_KEYS: integers, and max_gflops (a number or None)
     objective: str
     direction: str
     sampler: dict[str, Any]
@@ -135,19 +136,16 @@ def load_campaign(path: str | Path) -> CampaignConfig:
 
     budget: dict[str, Any] = dict(BUDGET_KEYS)
     for key, value in (raw.get("budget") or {}).items():
+        if key not in BUDGET_KEYS:
+            raise CampaignError(f"{source}: budget.{key}: unknown key{_suggest(key, BUDGET_KEYS)}")
         if key == "max_gflops":
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not value > 0):
                 raise CampaignError(f"{source}: budget.max_gflops: expected a positive number of GFLOPs "
                                     f"(forward pass over one window) or null, got {value!r}")
-            budget[key] = value
-            continue
-        if key not in BUDGET_KEYS:
-            raise CampaignError(f"{source}: budget.{key}: unknown key{_suggest(key, [*BUDGET_KEYS, 'max_gflops'])}")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise CampaignError(f"{source}: budget.{key}: expected a non-negative integer, got {value!r}")
         budget[key] = value
-    budget.setdefault("max_gflops", None)
     if budget["steps"] < 1 or budget["eval_every"] < 1:
         raise CampaignError(f"{source}: budget.steps and budget.eval_every must be at least 1")
 

@@ -307,14 +307,17 @@ class Campaign:
                         tries: int = 20) -> tuple[optuna.trial.Trial, ModuleTree]:
         """A refinement of ``parent``; proposals over ``max_gflops`` are closed as FAIL (untrained, with the
         reason) and asked again; after ``tries`` of them the parent's own values are proposed."""
-        for attempt in range(tries + 1):
-            if attempt == tries:
-                study.enqueue_trial(parent.refinable_choices(), skip_if_exists=False)
+
+        def ask() -> tuple[optuna.trial.Trial, ModuleTree]:
             trial = study.ask()
             tree = self.space.sample(OptunaDraw(trial, fixed=parent.structural_choices()))
             if tree.structural_choices() != parent.structural_choices():
                 raise CampaignError(f"refinement changed the structure of {parent.name}")
-            if attempt == tries or self.within_cap(tree):
+            return trial, tree
+
+        for _ in range(tries):
+            trial, tree = ask()
+            if self.within_cap(tree):
                 return trial, tree
             reason = f"over max_gflops: {self.gflops(tree):.1f} > {self.max_gflops} GFLOPs per window; not trained"
             for key, value in {"fail_reason": reason, "over_cap": True, "tree_name": tree.name,
@@ -322,7 +325,8 @@ class Campaign:
                 study._storage.set_trial_user_attr(trial._trial_id, key, value)
             study.tell(trial, state=TrialState.FAIL)
             log.info("refinement of %s: %s", parent.name, reason)
-        raise AssertionError("unreachable")
+        study.enqueue_trial(parent.refinable_choices(), skip_if_exists=False)
+        return ask()
 
     def submit(self, executor, task: Task) -> Running:
         """Ask a trial for ``task`` and submit its job."""
