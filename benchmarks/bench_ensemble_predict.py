@@ -104,7 +104,7 @@ def worker(mode: str, tmp: Path, k: int, block) -> dict:
     import zarr  # noqa: F401
 
     import arborseg.bundle.load  # noqa: F401
-    import arborseg.largepredict  # noqa: F401
+    import arborseg.inference.blockwise  # noqa: F401
     from arborseg.bundle import load_bundle, predict_bundle
 
     _reset_peak()
@@ -128,7 +128,7 @@ def fuse_pass(stores, out: Path, tmp: Path) -> None:
     import zarr
 
     from arborseg.bundle import load_bundle
-    from arborseg.largepredict import _create_array, fuse
+    from arborseg.inference.blockwise import _create_array, fuse
 
     weights = load_bundle(tmp / "bundles" / "ensemble").weights
     groups = [zarr.open_group(str(s), mode="r") for s in stores]

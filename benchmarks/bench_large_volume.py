@@ -67,7 +67,7 @@ def worker(src: str, out: str, cap: float, batch: int) -> dict:
     import torch
 
     from arborseg.data.volumes import open_volume
-    from arborseg.largepredict import predict_to_store
+    from arborseg.inference.blockwise import predict_to_store
 
     torch.set_num_threads(os.cpu_count() or 1)
     vol = open_volume(src)

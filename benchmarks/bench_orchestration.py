@@ -111,7 +111,7 @@ def throughput(args, tmp: Path) -> str:
                   f"({3600 * done / wall:.0f}/h)  (load {load()})", file=sys.stderr, flush=True)
     lines = ["| local workers | threads per job | trials | campaign wall (s) | trials per hour "
              "| mean trial wall in job (s) |", "| --- | --- | --- | --- | --- | --- |"]
-    from arborseg.campaign.executors import _cpu_count
+    from arborseg.jobs.executors import _cpu_count
 
     for workers, runs in results.items():
         done = sum(r[0] for r in runs)

@@ -9,7 +9,7 @@ steps per seed on the same machine, compare
   its best tree retrained from scratch, and ``arborseg ensemble`` of its best trees.
 
 Every network is an arborseg module tree built by ``arborseg.nn.builder`` and trained, predicted and scored by
-``arborseg.train.train_and_score`` (the campaign's trials and the ensemble's members go through the same code),
+``arborseg.train.trainer.train_and_score`` (the campaign's trials and the ensemble's members go through the same code),
 so the arms differ only in the tree and in how the steps are spent.
 
 Budget accounting, per dataset and seed (``T`` = ``total_steps`` of the budget)::
@@ -220,7 +220,7 @@ def campaign_yaml(ds: str, seed: int, budget: dict, data: Path, space: Path, exe
 
 # ---------------------------------------------------------------------------------------------- jobs
 def _checkpointable():
-    from arborseg.campaign.executors import CheckpointableJob
+    from arborseg.jobs.executors import CheckpointableJob
 
     return CheckpointableJob
 
@@ -238,7 +238,8 @@ class TrainPiece(_checkpointable()):
 
     def run(self) -> dict:
         from arborseg.data import load_data_config
-        from arborseg.train import TrainSettings, train_and_score
+        from arborseg.train.settings import TrainSettings
+        from arborseg.train.trainer import train_and_score
         from arborseg.tree import ModuleTree
 
         tree = ModuleTree.load(self.tree_file)
@@ -279,7 +280,7 @@ class Runner:
         self.times: dict = json.loads(record.read_text()) if record.exists() else {}
 
     def run(self, pieces: list[Piece]) -> dict[str, str]:
-        from arborseg.campaign.executors import job_outcome
+        from arborseg.jobs.executors import job_outcome
 
         status: dict[str, str] = {}
         for p in pieces:
@@ -749,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     have_ensemble, ens_help = ensemble_available()
     pieces: list[Piece] = []
     if not args.collect_only:
-        from arborseg.campaign.executors import make_executor
+        from arborseg.jobs.executors import make_executor
 
         executor = make_executor(args.executor, work / "jobs", job_opts)
 

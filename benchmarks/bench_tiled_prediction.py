@@ -89,7 +89,7 @@ def worker(method: str, shape: tuple[int, int, int], batch: int, save: str | Non
                                                sigma_scale=0.125)
                 return out[0].numpy()
     elif method == "arborseg → zarr":
-        from arborseg.largepredict import predict_to_store
+        from arborseg.inference.blockwise import predict_to_store
 
         tmp = tempfile.mkdtemp(prefix="bench-zarr-")
 
@@ -100,7 +100,7 @@ def worker(method: str, shape: tuple[int, int, int], batch: int, save: str | Non
 
             return zarr.open_group(res["path"], mode="r")["probs"] if save else None
     else:
-        from arborseg.predict import predict_volume
+        from arborseg.inference.tiled import predict_volume
 
         options = {"arborseg": {}, "arborseg, no slice reuse": {"reuse_slices": False},
                    "arborseg, per tile NCDHW": {"reuse_slices": False, "channels_last": False}}[method]
@@ -123,7 +123,7 @@ def worker(method: str, shape: tuple[int, int, int], batch: int, save: str | Non
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if save:
         np.save(save, np.asarray(out[...], dtype=np.float32))
-    from arborseg.predict import _z_separable
+    from arborseg.inference.tiled import _z_separable
 
     separable = _z_separable([net.eval()], window, torch.device("cpu"), False, [False])
     return {"method": method, "seconds": seconds, "peak_mb": peak / 2**20, "increase_mb": (peak - base) / 2**20,

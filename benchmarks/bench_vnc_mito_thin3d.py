@@ -27,7 +27,8 @@ from bench_thin3d_builder import PAPER_TREE  # noqa: E402
 
 from arborseg.data import load_data_config  # noqa: E402
 from arborseg.errors import DataError  # noqa: E402
-from arborseg.train import TrainSettings, train_and_score  # noqa: E402
+from arborseg.train.settings import TrainSettings  # noqa: E402
+from arborseg.train.trainer import train_and_score  # noqa: E402
 from arborseg.tree import ModuleTree  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

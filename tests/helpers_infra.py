@@ -11,7 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-from arborseg.campaign.executors import CheckpointableJob, apply_thread_limit
+from arborseg.jobs.executors import CheckpointableJob, apply_thread_limit
 from arborseg.campaign.worker_trial import TrialRef, in_job
 
 

@@ -18,7 +18,7 @@ from arborseg.bootstrap.units import make_units
 from arborseg.data import Normalizer, make_em_volume, write_volume
 from arborseg.errors import ArborsegError
 from arborseg.space import load_space
-from arborseg.train import TrainSettings
+from arborseg.train.settings import TrainSettings
 
 IGNORE = 255
 CLASSES = ("interior", "membrane", "mitochondria")

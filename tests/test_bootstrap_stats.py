@@ -9,7 +9,7 @@ import torch
 from arborseg.bootstrap.pseudo import pseudo_weights
 from arborseg.bootstrap.stats import FN_ERROR, FP_ERROR, correction_stats, error_codes, error_weights
 from arborseg.errors import ArborsegError
-from arborseg.losses import segmentation_loss
+from arborseg.train.losses import segmentation_loss
 
 CLASSES = ("bg", "membrane", "mito")
 IGNORE = 255

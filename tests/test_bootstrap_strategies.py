@@ -104,7 +104,7 @@ def test_strategy_without_what_it_needs_says_so():
 
 
 def test_cli_lists_every_strategy(capsys):
-    from arborseg.bootstrap_cli import STRATEGY_HELP
+    from arborseg.cli.bootstrap import STRATEGY_HELP
     from arborseg.cli import main
 
     assert list(STRATEGY_HELP) == list(STRATEGIES)

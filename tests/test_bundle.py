@@ -20,10 +20,11 @@ from arborseg.cli import main  # noqa: E402
 from arborseg.data import DataConfig  # noqa: E402
 from arborseg.data.preprocess import Normalizer  # noqa: E402
 from arborseg.errors import BundleError  # noqa: E402
-from arborseg.largepredict import fuse  # noqa: E402
-from arborseg.predict import predict_volume  # noqa: E402
+from arborseg.inference.blockwise import fuse  # noqa: E402
+from arborseg.inference.tiled import predict_volume  # noqa: E402
 from arborseg.space import load_space  # noqa: E402
-from arborseg.train import TrainSettings, train_and_score  # noqa: E402
+from arborseg.train.settings import TrainSettings  # noqa: E402
+from arborseg.train.trainer import train_and_score  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 # quickstart trees: a 2D U-Net (window z=1), a thin 3D U-Net and a hybrid (z=3)

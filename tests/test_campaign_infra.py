@@ -22,7 +22,7 @@ import optuna
 import pytest
 
 import helpers_infra as H
-from arborseg.campaign.executors import (
+from arborseg.jobs.executors import (
     FINISHED_STATES,
     JobOutcome,
     cancel_job,
@@ -257,7 +257,7 @@ def test_job_outcome_never_raises():
 _DRIVER = textwrap.dedent(
     """
     import sys, time
-    from arborseg.campaign.executors import make_executor
+    from arborseg.jobs.executors import make_executor
     import helpers_infra as H
     ex = make_executor("local", sys.argv[1], {"timeout_min": 5})
     job = ex.submit(H.sleep_return, float(sys.argv[2]), 42, sys.argv[3])

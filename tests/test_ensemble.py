@@ -19,7 +19,7 @@ from arborseg.ensemble.fusion import fit_weights, fuse_weighted
 from arborseg.ensemble.greedy import choose_members, greedy_select, select_all
 from arborseg.ensemble.objective import Scoring, objective_score
 from arborseg.errors import ArborsegError
-from arborseg.largepredict import fuse
+from arborseg.inference.blockwise import fuse
 from arborseg.metrics import score_segmentation
 
 SCORING = Scoring(("bg", "fg"), background=0)
@@ -184,9 +184,9 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def _count_training(monkeypatch, fail_seed_of: str | None = None) -> list[tuple[str, int]]:
     """Record every member trained (tree id, seed); raise for seed 1 of the tree ``fail_seed_of``."""
-    import arborseg.train
+    import arborseg.train.trainer
 
-    real = arborseg.train.train_and_score
+    real = arborseg.train.trainer.train_and_score
     calls: list[tuple[str, int]] = []
 
     def spy(tree, data, settings, out_dir, *args, **kwargs):

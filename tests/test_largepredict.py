@@ -11,7 +11,7 @@ import torch
 zarr = pytest.importorskip("zarr")
 
 from arborseg.errors import DataError  # noqa: E402
-from arborseg.largepredict import (  # noqa: E402
+from arborseg.inference.blockwise import (  # noqa: E402
     ZarrMerger,
     activation_bytes,
     choose_block,
@@ -19,7 +19,7 @@ from arborseg.largepredict import (  # noqa: E402
     fuse,
     predict_to_store,
 )
-from arborseg.predict import predict_volume  # noqa: E402
+from arborseg.inference.tiled import predict_volume  # noqa: E402
 
 WINDOW = (4, 16, 16)
 
@@ -341,7 +341,7 @@ def slice_net(n_classes: int = 3, norm: torch.nn.Module | None = None) -> torch.
 
 
 def test_z_separability_is_detected_by_behaviour():
-    from arborseg.predict import _z_separable
+    from arborseg.inference.tiled import _z_separable
 
     cpu = torch.device("cpu")
     assert _z_separable([slice_net().eval()], WINDOW, cpu, False, [False])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from arborseg.cli import main
-from arborseg.report import build_report, dashboard_command
+from arborseg.viz.report import build_report, dashboard_command
 
 from test_table import make_fake_campaign, real_run  # noqa: F401 - real_run is a fixture
 

@@ -7,7 +7,7 @@ import pytest
 
 from arborseg.errors import SpaceError
 from arborseg.space import load_space
-from arborseg.space.commands import validate
+from arborseg.cli.space_commands import validate
 
 
 def _write(tmp_path, text: str):

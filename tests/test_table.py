@@ -67,7 +67,7 @@ def make_fake_campaign(root: Path, name: str = "fake", storage: str = "sqlite", 
     2 tree C PRUNED 0.3 | 3 tree C FAIL | refine of A: 4 tree A2 COMPLETE 0.8 (seed 1) | 5 tree A COMPLETE 0.6
     (seed 2, folder missing)."""
     from arborseg.campaign.storage import make_storage, storage_url
-    from arborseg.space.commands import sample_distinct
+    from arborseg.cli.space_commands import sample_distinct
 
     run_dir = root / name
     run_dir.mkdir(parents=True)
@@ -406,7 +406,7 @@ def test_table_command(fake, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------- plots
 def test_plots_write_png_and_svg(fake, table, tmp_path):
-    from arborseg.plots import PLOT_NAMES, make_plots
+    from arborseg.viz.plots import PLOT_NAMES, make_plots
 
     written = make_plots(table, tmp_path / "plots")
     assert set(written) == set(PLOT_NAMES)
@@ -417,7 +417,7 @@ def test_plots_write_png_and_svg(fake, table, tmp_path):
 
 
 def test_plots_cope_with_nothing_and_with_few_trials(tmp_path, table):
-    from arborseg.plots import make_plots, param_importances, plot_history, plot_pareto
+    from arborseg.viz.plots import make_plots, param_importances, plot_history, plot_pareto
 
     empty = table.iloc[0:0]
     for name, paths in make_plots(empty, tmp_path / "e", campaigns=[], formats=("png",)).items():
@@ -433,7 +433,7 @@ def test_plots_cope_with_nothing_and_with_few_trials(tmp_path, table):
 
 
 def test_pareto_front_and_family_styles():
-    from arborseg.plots import family_label, family_style, pareto_front
+    from arborseg.viz.plots import family_label, family_style, pareto_front
 
     cost = np.array([10, 20, 30, 40, 5, np.nan])
     score = np.array([0.5, 0.7, 0.6, 0.9, 0.4, 1.0])

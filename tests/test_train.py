@@ -13,9 +13,11 @@ import torch
 
 from arborseg.data import DataConfig
 from arborseg.errors import TrainingError
-from arborseg.losses import class_weights, error_weight_map, segmentation_loss
+from arborseg.train.losses import class_weights, error_weight_map, segmentation_loss
 from arborseg.space import load_space
-from arborseg.train import Trainer, TrainSettings, TrialPruned, minimise, train_and_score
+from arborseg.train.settings import TrainSettings
+from arborseg.metrics import minimise
+from arborseg.train.trainer import Trainer, TrialPruned, train_and_score
 
 ROOT = Path(__file__).parents[1]
 VNC = ROOT.parent / "shared" / "data" / "drosophila_vnc_sstem"

@@ -10,7 +10,7 @@ import pytest
 from arborseg.errors import TreeError
 from arborseg.space import load_space
 from arborseg.tree import ModuleTree
-from arborseg.treeplot import draw_tree
+from arborseg.viz.treeplot import draw_tree
 
 SPACES = sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml"))
 

@@ -53,7 +53,20 @@ __all__ = [
     "adapted_rand_error",
     "score_segmentation",
     "bootstrap_ci",
+    "minimise",
+    "direction_of",
 ]
+
+
+def minimise(metric: str) -> bool:
+    """Whether lower is better for ``metric`` (FN-n, FP-n, Rand error, VOI, losses): the one definition."""
+    name = metric.split("/")[0].split(".")[-1]
+    return name.startswith(("fn_", "fp_", "rand_error", "loss", "voi"))
+
+
+def direction_of(metric: str) -> str:
+    """Optuna's direction for ``metric``: "minimize" or "maximize"."""
+    return "minimize" if minimise(metric) else "maximize"
 
 
 def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -23,8 +23,9 @@ from arborseg.bootstrap.units import Unit
 from arborseg.data import Augmenter, Normalizer, PatchSampler, class_frequencies
 from arborseg.errors import ArborsegError
 from arborseg.log import get_logger
-from arborseg.losses import class_weights
-from arborseg.train import Trainer, TrainSettings
+from arborseg.train.losses import class_weights
+from arborseg.train.settings import TrainSettings
+from arborseg.train.trainer import Trainer
 from arborseg.tree import ModuleTree
 
 log = get_logger(__name__)
@@ -137,7 +138,7 @@ def load_models(paths: Sequence[str | Path], device: str = "cpu") -> tuple[list[
 def predict_probs(model, raw: np.ndarray, window: Sequence[int], n_classes: int, device: str = "cpu",
                   z_range: tuple[int, int] | None = None) -> np.ndarray:
     """Class probabilities (C, Z, Y, X) of ``raw`` (only slices ``z_range``, with z context, when given)."""
-    from arborseg.predict import predict_volume
+    from arborseg.inference.tiled import predict_volume
 
     z0, z1 = z_range or (0, raw.shape[0])
     halo = int(window[0]) // 2

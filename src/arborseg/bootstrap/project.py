@@ -39,7 +39,7 @@ from arborseg.bootstrap.units import UNIT_KINDS, Unit, labeled_units, make_units
 from arborseg.data import Normalizer, write_volume
 from arborseg.errors import ArborsegError
 from arborseg.log import get_logger
-from arborseg.train import TrainSettings
+from arborseg.train.settings import TrainSettings
 from arborseg.tree import ModuleTree
 
 log = get_logger(__name__)

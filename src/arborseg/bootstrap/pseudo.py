@@ -16,7 +16,7 @@ import torch
 from arborseg.bootstrap.models import ArrayData, predict_probs, train_models
 from arborseg.errors import ArborsegError
 from arborseg.log import get_logger
-from arborseg.train import TrainSettings
+from arborseg.train.settings import TrainSettings
 from arborseg.tree import ModuleTree
 
 log = get_logger(__name__)

@@ -23,7 +23,7 @@ from arborseg.bootstrap.units import make_units, scatter_units, stack_units
 from arborseg.errors import ArborsegError
 from arborseg.log import get_logger
 from arborseg.metrics import score_segmentation
-from arborseg.train import TrainSettings
+from arborseg.train.settings import TrainSettings
 from arborseg.tree import ModuleTree
 
 log = get_logger(__name__)

@@ -151,7 +151,7 @@ def _export(net: nn.Module, example: torch.Tensor, path: str | Path, exporter: s
 class FusedEnsemble(nn.Module):
     """All members on the same (N, 1, z, y, x) input -> fused probabilities (N, C, z, y, x).
 
-    The same rules as :func:`arborseg.largepredict.fuse` for one tile: ``mean``/``weighted`` (weighted mean
+    The same rules as :func:`arborseg.inference.blockwise.fuse` for one tile: ``mean``/``weighted`` (weighted mean
     of the softmax, sigmoid for one class), ``max`` (class-wise max, renormalised) and ``vote`` (weighted
     fractions of the members' argmax votes). Used for the bioimage.io description, which describes one
     network; ``arborseg predict`` blends each member over its own tile grid instead.

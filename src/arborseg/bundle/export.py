@@ -113,7 +113,7 @@ def _export_into(work: Path, final: Path, src, members, load_net, onnx: bool, bi
     import torch
 
     from arborseg.bundle.convert import to_onnx, to_torchscript
-    from arborseg.largepredict import activation_bytes
+    from arborseg.inference.blockwise import activation_bytes
 
     n_classes = src.n_classes
     nets = []

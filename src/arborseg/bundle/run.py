@@ -1,6 +1,6 @@
 """``arborseg predict``: segment a TIFF/HDF5/Zarr volume with a bundle, with bounded memory.
 
-Prediction runs block by block into Zarr (:func:`arborseg.largepredict.predict_to_store`: the input is
+Prediction runs block by block into Zarr (:func:`arborseg.inference.blockwise.predict_to_store`: the input is
 read block by block, the outputs written chunk by chunk; the memory budget chooses the block). For a
 ``.tif``/``.h5`` output the Zarr result (kept in a temporary folder next to it) is then copied z-slab by
 z-slab: TIFF page by page (labels ``OUT.tif``, probabilities ``OUT_probs.tif`` (C, Z, Y, X),
@@ -39,7 +39,7 @@ def predict_bundle(bundle: Any, volume: Any, out: str | Path, *, probs: bool = F
     ``"stats"``."""
     from arborseg.bundle.load import Bundle, load_bundle
     from arborseg.device import resolve_device
-    from arborseg.largepredict import predict_to_store
+    from arborseg.inference.blockwise import predict_to_store
 
     dev = resolve_device(device)
     if not isinstance(bundle, Bundle):

@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from arborseg.errors import CampaignError
-from arborseg.train import TrainSettings, minimise
+from arborseg.train.settings import TrainSettings
+from arborseg.metrics import minimise
 
 TOP_KEYS = ("name", "description", "data", "space", "budget", "objective", "sampler", "pruner", "executor",
             "storage", "train", "retries", "seed")

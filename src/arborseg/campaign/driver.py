@@ -163,7 +163,7 @@ class Campaign:
         reattached and waited for; a job that finished while no driver watched is told as it ended.
         Trials without a job to follow are closed as FAIL ("stale") and their task re-queued, resuming
         from the old trial's checkpoint. Returns (task -> old trial folder, reattached runs)."""
-        from arborseg.campaign.executors import ACTIVE_STATES, job_outcome, job_state, reattach_job
+        from arborseg.jobs.executors import ACTIVE_STATES, job_outcome, job_state, reattach_job
 
         resume: dict[str, str] = {}
         reattached: list[Running] = []
@@ -235,7 +235,7 @@ class Campaign:
 
     def random_trees(self) -> list[ModuleTree]:
         """The campaign's random trees: deterministic for its seed, distinct, within ``max_gflops``."""
-        from arborseg.space.commands import sample_distinct
+        from arborseg.cli.space_commands import sample_distinct
 
         if self._random is None:
             n = self.cfg.budget["random_trees"]
@@ -412,7 +412,7 @@ class Campaign:
     def _run_tasks(self, executor, tasks: list[Task], bar, running: list[Running] | None = None) -> bool:
         """Run tasks with up to ``workers`` in flight; failed tasks are retried by policy. False if stopped by
         --max-trials."""
-        from arborseg.campaign.executors import job_outcome
+        from arborseg.jobs.executors import job_outcome
 
         queue = deque(tasks)
         running = list(running or [])
@@ -459,7 +459,7 @@ class Campaign:
         """Run phase A then phase B; resumable. Returns the run folder."""
         from tqdm.auto import tqdm
 
-        from arborseg.campaign.executors import make_executor
+        from arborseg.jobs.executors import make_executor
 
         resume, reattached = self.reconcile()
         kind = self.cfg.executor["kind"]

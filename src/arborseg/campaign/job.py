@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from arborseg.campaign.executors import CheckpointableJob
+from arborseg.jobs.executors import CheckpointableJob
 from arborseg.errors import ArborsegError
 from arborseg.log import get_logger
 
@@ -78,7 +78,8 @@ class TrialJob(CheckpointableJob):
         return OptunaReporter(attach_trial(self.storage_url, self.study_name, trial_id=self.trial_id, pruner=pruner))
 
     def run(self) -> dict[str, Any]:
-        from arborseg.train import TrainSettings, TrialPruned, train_and_score
+        from arborseg.train.settings import TrainSettings
+        from arborseg.train.trainer import TrialPruned, train_and_score
         from arborseg.tree import ModuleTree
 
         out = Path(self.out_dir)

@@ -1,7 +1,7 @@
 """Fusing member probabilities with weights, and fitting the weights of ``weighted`` fusion.
 
 Every fusion takes per-member weights (non-negative; only their ratios matter). Equal weights give
-exactly :func:`arborseg.largepredict.fuse` (which the prediction of large volumes uses too):
+exactly :func:`arborseg.inference.blockwise.fuse` (which the prediction of large volumes uses too):
 
 * ``mean`` and ``weighted``: the weighted mean of the members' probabilities;
 * ``max``: the class-wise maximum over the members with a weight > 0, renormalised to sum 1
@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from arborseg.errors import ArborsegError
-from arborseg.largepredict import fuse
+from arborseg.inference.blockwise import fuse
 from arborseg.log import get_logger
 
 log = get_logger(__name__)

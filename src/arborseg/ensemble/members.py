@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from arborseg.campaign.executors import CheckpointableJob
+from arborseg.jobs.executors import CheckpointableJob
 from arborseg.errors import ArborsegError
 from arborseg.log import get_logger
 
@@ -101,7 +101,7 @@ def load_member_model(model_path: Path):
 def predict_member(model_path: Path, data, regions: Sequence[str], settings, out_dir: Path) -> list[Path]:
     """Predict ``regions`` with the member's model (its own window) and save ``probs/<region>.npy`` (float16)."""
     from arborseg.device import resolve_device
-    from arborseg.predict import predict_volume
+    from arborseg.inference.tiled import predict_volume
 
     model, tree, saved = load_member_model(model_path)
     device = resolve_device(settings.device)
@@ -151,7 +151,8 @@ class MemberJob(CheckpointableJob):
     regions: tuple[str, ...] = PROB_REGIONS
 
     def run(self) -> dict[str, Any]:
-        from arborseg.train import TrainSettings, train_and_score
+        from arborseg.train.settings import TrainSettings
+        from arborseg.train.trainer import train_and_score
         from arborseg.tree import ModuleTree
 
         from arborseg.campaign.job import failure, job_log
@@ -194,7 +195,7 @@ def run_members(specs: Sequence[MemberSpec], data_arg: Any, settings: dict, exec
     """
     from tqdm.auto import tqdm
 
-    from arborseg.campaign.executors import (ACTIVE_STATES, cancel_job, job_outcome, job_state, make_executor,
+    from arborseg.jobs.executors import (ACTIVE_STATES, cancel_job, job_outcome, job_state, make_executor,
                                              reattach_job)
 
     states: dict[str, dict[str, Any]] = {}

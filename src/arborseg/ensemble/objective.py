@@ -17,7 +17,7 @@ import numpy as np
 
 from arborseg.errors import ArborsegError
 from arborseg.metrics import confusion_matrix, dice, iou, precision, recall, score_segmentation
-from arborseg.train import minimise
+from arborseg.metrics import direction_of, minimise  # noqa: F401 - direction_of is re-exported
 
 CM_METRICS = {"iou": iou, "dice": dice, "precision": precision, "recall": recall}
 
@@ -55,10 +55,6 @@ def better(a: float, b: float, direction: str) -> bool:
 
 def worst(direction: str) -> float:
     return -math.inf if direction == "maximize" else math.inf
-
-
-def direction_of(metric: str) -> str:
-    return "minimize" if minimise(metric) else "maximize"
 
 
 def objective_score(pred: np.ndarray, labels: np.ndarray, metric: str, scoring: Scoring) -> float:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from arborseg.log import get_logger
+from arborseg.metrics import minimise
 from arborseg.table import campaign_infos, table_direction, table_objective
 
 log = get_logger(__name__)
@@ -517,7 +518,7 @@ def plot_near_far(table: pd.DataFrame, path: str | Path, formats: Iterable[str] 
             if pd.notna(row.get(near)) and pd.notna(row.get(far)):
                 ax.annotate(str(row["tree_name"]), (row[near], row[far]), textcoords="offset points", xytext=(5, 5),
                             fontsize=7, color="#333333")
-        lower_better = metric.startswith(("fn_", "fp_")) or "error" in metric
+        lower_better = minimise(metric)
         ax.text(0.02, 0.98, "above the line: worse far away" if lower_better else "below the line: worse far away",
                 transform=ax.transAxes, va="top", fontsize=8, color="#666666")
         ax.set_xlabel(f"eval-near {metric}")

@@ -11,7 +11,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,13 +21,13 @@ import torch
 from arborseg.device import autocast, is_out_of_memory, resolve_device
 from arborseg.errors import ArborsegError, TrainingError
 from arborseg.log import get_logger
-from arborseg.losses import class_weights, error_weight_map, segmentation_loss
+from arborseg.train.settings import EVAL_REGIONS, TrainSettings
+from arborseg.train.losses import class_weights, error_weight_map, segmentation_loss
 from arborseg.nn import build_network, check_window, count_flops, count_parameters
 from arborseg.space.catalog import TRAINING_PARAMS
 from arborseg.tree import ModuleTree
 
 log = get_logger(__name__)
-EVAL_REGIONS = ("validation", "eval_near", "eval_far")
 
 
 class TrialPruned(ArborsegError):
@@ -42,43 +42,6 @@ class Reporter(Protocol):
 class NullReporter:
     def report(self, step: int, value: float) -> bool:
         return False
-
-
-def minimise(metric: str) -> bool:
-    """Whether lower is better for ``metric`` (FN-n, FP-n, Rand error, losses)."""
-    name = metric.split("/")[0]
-    return name.startswith(("fn_", "fp_", "rand_error", "loss", "voi"))
-
-
-@dataclass
-class TrainSettings:
-    """How to train, apart from the tree's own training values (lr, batch size, ...)."""
-
-    steps: int = 500
-    eval_every: int = 100
-    checkpoint_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    objective: str = "fg_iou"
-    fn_mode: str = "2d"
-    overlap: float = 0.25
-    eval_batch_size: int = 4
-    num_threads: int | None = None
-    augment: dict = field(default_factory=lambda: {"flip": True, "rot90": True, "elastic": {"p": 0.2, "alpha": 34, "sigma": 4},
-                                                   "intensity": {"p": 0.5}})
-    error_weighting: dict | None = None  # {"prediction": path, "mode": "all"|"fn", "weight": 5.0}
-    overrides: dict = field(default_factory=dict)  # training values to use instead of the tree's
-    overlays: bool = True
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> "TrainSettings":
-        data = dict(data or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ArborsegError(f"unknown training settings {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**data)
 
 
 def training_values(tree: ModuleTree, overrides: dict | None = None) -> dict[str, Any]:
@@ -264,7 +227,7 @@ class Trainer:
 
     def predict_region(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(raw, labels, predicted probabilities (C, Z, Y, X)) of a region."""
-        from arborseg.predict import predict_volume
+        from arborseg.inference.tiled import predict_volume
 
         raw, labels = self._region(name)
         self.model.eval()
@@ -296,7 +259,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Score every eval region present; draw overlays of their middle slices."""
-        from arborseg.figures import error_overlay
+        from arborseg.viz.figures import error_overlay
 
         results = {}
         for name in EVAL_REGIONS:
@@ -323,7 +286,7 @@ class Trainer:
 def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: str | Path,
                     reporter: Reporter | None = None, progress: bool = True) -> dict[str, Any]:
     """Train ``tree`` on ``data`` and write every artifact; return the result record (also metrics.json)."""
-    from arborseg.figures import learning_curve
+    from arborseg.viz.figures import learning_curve
 
     trainer = Trainer(tree, data, settings, out_dir, reporter, progress)
     started = time.perf_counter()

@@ -49,7 +49,7 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _plots(args: argparse.Namespace) -> int:
-    from arborseg.plots import make_plots
+    from arborseg.viz.plots import make_plots
 
     runs, table = _load(args)
     written = make_plots(table, args.out, campaigns=runs, formats=args.format, top=args.top_trees,
@@ -60,7 +60,7 @@ def _plots(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from arborseg.report import build_report
+    from arborseg.viz.report import build_report
 
     index = build_report(args.run_dirs, args.out, top=args.top, title=args.title, where=args.where,
                          formats=tuple(args.format), evaluator=args.importance)

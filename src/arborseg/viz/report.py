@@ -195,7 +195,7 @@ def _copy_trial_pictures(row: pd.Series, out: Path, slug: str) -> tuple[list[Pat
 def _tree_picture(row: pd.Series, out: Path, slug: str) -> Path | None:
     from arborseg.errors import ArborsegError
     from arborseg.tree import ModuleTree
-    from arborseg.treeplot import draw_tree
+    from arborseg.viz.treeplot import draw_tree
 
     folder = row.get("artifact_dir")
     if not isinstance(folder, str) or not (Path(folder) / "tree.yaml").is_file():
@@ -218,7 +218,7 @@ def _overlay_caption(name: str) -> str:
 
 
 def _tree_card(rank: int, row: pd.Series, out: Path, objective: str | None) -> str:
-    from arborseg.plots import family_label, family_style
+    from arborseg.viz.plots import family_label, family_style
 
     slug = f"{_slug(row['campaign'])}-{int(row['trial_id']):04d}"
     picture = _tree_picture(row, out, slug)
@@ -263,7 +263,7 @@ def _tree_card(rank: int, row: pd.Series, out: Path, objective: str | None) -> s
 
 
 def _headline(summary: pd.DataFrame) -> str:
-    from arborseg.plots import family_label
+    from arborseg.viz.plots import family_label
 
     lines = []
     for _, s in summary.iterrows():
@@ -290,7 +290,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, top: int = 5, 
     ``top`` best trees get a card (tree picture, overlays, learning curve); ``where`` filters the trials
     first (as ``arborseg table --where``)."""
     from arborseg import __version__
-    from arborseg.plots import PLOT_NAMES, make_plots, top_trees
+    from arborseg.viz.plots import PLOT_NAMES, make_plots, top_trees
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

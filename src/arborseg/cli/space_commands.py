@@ -69,7 +69,7 @@ def summary_line(tree: ModuleTree, n_classes: int) -> str:
 
 
 def sample(path: str, n: int, seed: int, out: str, n_classes: int, pictures: bool = True) -> list[str]:
-    from arborseg.treeplot import draw_tree
+    from arborseg.viz.treeplot import draw_tree
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def sample(path: str, n: int, seed: int, out: str, n_classes: int, pictures: boo
 
 def show(path: str, out: str | None, n_classes: int) -> tuple[str, Path]:
     from arborseg.nn import network_summary
-    from arborseg.treeplot import draw_tree
+    from arborseg.viz.treeplot import draw_tree
 
     tree = ModuleTree.load(path)
     s = network_summary(tree, n_classes)

@@ -6,8 +6,8 @@ probabilities and an uncertainty map, into a Zarr group, with memory bounded by 
 
 How it works (and why block seams are invisible)
 ------------------------------------------------
-The tile grid is the one of the in-memory :func:`arborseg.predict.predict_volume` over the **whole**
-volume (:func:`arborseg.predict.tile_slices` on the full shape), with the same Gaussian/average weights.
+The tile grid is the one of the in-memory :func:`arborseg.inference.tiled.predict_volume` over the **whole**
+volume (:func:`arborseg.inference.tiled.tile_slices` on the full shape), with the same Gaussian/average weights.
 The volume is cut into blocks; each tile is *owned* by the block holding its first voxel and is computed
 exactly once. A block's accumulator covers the block plus a high-side halo of ``window - 1`` voxels (the
 reach of the tiles it owns); the block's input is read for the same region (plus the normaliser's xy
@@ -24,7 +24,7 @@ classic "block + halo, crop" scheme: with a tile grid per block the tiles near a
 whole-volume grid, so the result depends on the block size (seams can be made invisible only
 approximately, and the halo tiles are computed twice).
 
-Tiles come from :func:`arborseg.predict._tile_outputs`, shared with ``predict_volume``: channels-last
+Tiles come from :func:`arborseg.inference.tiled._tile_outputs`, shared with ``predict_volume``: channels-last
 convolutions and, for networks that treat z-slices independently, each slice of each xy tile computed once
 (``reuse_slices``).
 
@@ -82,7 +82,7 @@ import torch
 
 from arborseg.errors import DataError, WindowError
 from arborseg.log import get_logger
-from arborseg.predict import (
+from arborseg.inference.tiled import (
     Blending,
     Slices,
     _channels_last,
@@ -561,7 +561,7 @@ def predict_to_store(
     the block when ``block`` is given, else ``(8, 256, 256)``, and the block is made a multiple of them).
     ``device``: "cpu", "cuda", "cuda:1" or "auto". ``channels_last``, ``reuse_slices`` (each z-slice computed
     once for z-separable networks) and the other arguments as in
-    :func:`~arborseg.predict.predict_volume`; see the module doc for fusion, uncertainty and outputs.
+    :func:`~arborseg.inference.tiled.predict_volume`; see the module doc for fusion, uncertainty and outputs.
 
     Returns ``{"labels": spec, "probs": spec | None, "uncertainty": spec | None, "path": out_path, "block":
     block, "stats": {...}}`` where each spec (``out.zarr:labels``) opens with ``open_volume`` (``probs``
@@ -882,7 +882,7 @@ def _finish_block(accs, groups, own_local, own, n_classes, per_member, fusion, t
 
 # ------------------------------------------------------------------------------------------ merger
 class ZarrMerger:
-    """A :class:`~arborseg.predict.Merger` whose sums live in a Zarr group, for outputs larger than memory.
+    """A :class:`~arborseg.inference.tiled.Merger` whose sums live in a Zarr group, for outputs larger than memory.
 
     ``predict_volume(model, volume, window, C, merger=ZarrMerger("p.zarr", C, volume.shape))`` adds each
     tile by reading, updating and writing back the chunks it touches (each add costs a chunk

@@ -25,7 +25,7 @@ def command(name: str):
 # ---------------------------------------------------------------------- space
 @command("space validate")
 def _space_validate(args: argparse.Namespace) -> int:
-    from arborseg.space.commands import validate
+    from arborseg.cli.space_commands import validate
 
     print(validate(args.file))
     return 0
@@ -33,7 +33,7 @@ def _space_validate(args: argparse.Namespace) -> int:
 
 @command("space sample")
 def _space_sample(args: argparse.Namespace) -> int:
-    from arborseg.space.commands import sample
+    from arborseg.cli.space_commands import sample
 
     lines = sample(args.file, args.n, args.seed, args.out, args.classes, pictures=not args.no_pictures)
     for line in lines:
@@ -45,7 +45,7 @@ def _space_sample(args: argparse.Namespace) -> int:
 
 @command("space show")
 def _space_show(args: argparse.Namespace) -> int:
-    from arborseg.space.commands import show
+    from arborseg.cli.space_commands import show
 
     text, picture = show(args.tree, args.out, args.classes)
     print(text)
@@ -61,7 +61,8 @@ def _train(args: argparse.Namespace) -> int:
     import yaml
 
     from arborseg.data import load_data_config
-    from arborseg.train import TrainSettings, train_and_score
+    from arborseg.train.settings import TrainSettings
+    from arborseg.train.trainer import train_and_score
     from arborseg.tree import ModuleTree
 
     tree = ModuleTree.load(args.tree)
@@ -113,7 +114,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 # modules that add further commands (results, ensembles, bundles, bootstrapping)
-CLI_MODULES: tuple[str, ...] = ("report_cli", "ensemble_cli", "bundle_cli", "bootstrap_cli")
+CLI_MODULES: tuple[str, ...] = ("cli.results", "cli.ensemble", "cli.bundle", "cli.bootstrap")
 
 
 def build_parser() -> argparse.ArgumentParser:

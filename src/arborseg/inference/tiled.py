@@ -187,7 +187,7 @@ def tile_probabilities(
     ``x`` (N, 1, z, y, x) is on the model's device; the logits must keep its spatial size. Softmax over C,
     a sigmoid when ``n_classes == 1``. ``channels_last``: the model is in the NDHWC layout (see
     :func:`_channels_last`) and ``x`` is converted to it. Shared by :func:`predict_volume` and
-    :mod:`arborseg.largepredict` so both compute exactly the same tile outputs.
+    :mod:`arborseg.inference.blockwise` so both compute exactly the same tile outputs.
     """
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)

@@ -1,0 +1,44 @@
+"""How a trial is trained, apart from the tree's own values: a torch-free settings record.
+
+Campaign configs, the CLI and job specs import this without loading torch; the trainer
+(:mod:`arborseg.train.trainer`) reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from arborseg.errors import ArborsegError
+
+#: the regions a trial is scored on, in order
+EVAL_REGIONS = ("validation", "eval_near", "eval_far")
+
+@dataclass
+class TrainSettings:
+    """How to train, apart from the tree's own training values (lr, batch size, ...)."""
+
+    steps: int = 500
+    eval_every: int = 100
+    checkpoint_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    objective: str = "fg_iou"
+    fn_mode: str = "2d"
+    overlap: float = 0.25
+    eval_batch_size: int = 4
+    num_threads: int | None = None
+    augment: dict = field(default_factory=lambda: {"flip": True, "rot90": True, "elastic": {"p": 0.2, "alpha": 34, "sigma": 4},
+                                                   "intensity": {"p": 0.5}})
+    error_weighting: dict | None = None  # {"prediction": path, "mode": "all"|"fn", "weight": 5.0}
+    overrides: dict = field(default_factory=dict)  # training values to use instead of the tree's
+    overlays: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "TrainSettings":
+        data = dict(data or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ArborsegError(f"unknown training settings {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**data)
