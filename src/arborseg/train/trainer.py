@@ -21,6 +21,7 @@ import torch
 from arborseg.device import autocast, is_out_of_memory, resolve_device
 from arborseg.errors import ArborsegError, TrainingError
 from arborseg.log import get_logger
+from arborseg.metrics import minimise
 from arborseg.train.settings import EVAL_REGIONS, TrainSettings
 from arborseg.train.losses import class_weights, error_weight_map, segmentation_loss
 from arborseg.nn import build_network, check_window, count_flops, count_parameters
