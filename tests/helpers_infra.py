@@ -11,15 +11,16 @@ import signal
 import time
 from pathlib import Path
 
-from arborseg.jobs.executors import CheckpointableJob, apply_thread_limit
-from arborseg.campaign.worker_trial import TrialRef, in_job
+from arborseg.campaign.worker_trial import OptunaReporter, attach_trial
+from arborseg.jobs.checkpointable import CheckpointableJob, apply_thread_limit
 
 
-def trial_job(ref: TrialRef, values: list[float], fail: bool = False) -> dict:
-    """Attach to the driver's trial, report ``values`` step by step, stop when the pruner says so."""
-    reporter = ref.reporter()
+def trial_job(url: str, study_name: str, trial_id: int, pruner, values: list[float], fail: bool = False) -> dict:
+    """Attach to the driver's trial as a campaign job does, report ``values`` step by step, stop when the pruner
+    says so."""
+    reporter = OptunaReporter(attach_trial(url, study_name, trial_id=trial_id, pruner=pruner))
     reporter.set_user_attr("job_pid", os.getpid())
-    reporter.set_user_attr("in_job", in_job())
+    reporter.set_user_attr("in_job", os.environ.get("SUBMITIT_EXECUTOR", "") in ("local", "slurm"))
     for step, value in enumerate(values):
         if reporter.report(step, value):
             return {"pruned": True, "step": step, "pid": os.getpid()}
@@ -42,10 +43,18 @@ def kill_self() -> None:
 
 
 def sleep_return(seconds: float, value=42, marker: str | None = None):
+    """Write ``marker`` (the job has started), then sleep: a job to cancel, time out or outlive its driver."""
     if marker:
-        Path(marker).write_text(str(os.getpid()))
+        tmp = Path(marker + ".tmp")
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, marker)
     time.sleep(seconds)
     return value
+
+
+def sigint_disposition() -> str:
+    """"ignored" or "handled": what this process does with SIGINT."""
+    return "ignored" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "handled"
 
 
 def thread_info() -> dict:

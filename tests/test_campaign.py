@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from campaign_helpers import ROOT, nan_volume, trials_of, write_campaign
 from optuna.trial import TrialState
 
 from arborseg.campaign.config import load_campaign
@@ -25,8 +26,6 @@ from arborseg.errors import CampaignError
 from arborseg.nn.blocks import BUILDERS, register_builder
 from arborseg.space import MODULE_SPECS, ModuleSpec, register_module_spec
 from arborseg.table import run_table
-
-from campaign_helpers import ROOT, nan_volume, trials_of, write_campaign
 
 
 def run_campaign(path: Path, runs: Path, **kw) -> Path:
@@ -142,7 +141,71 @@ def test_nan_loss_becomes_fail_row_and_retries_follow_policy(tmp_path):
     trials = trials_of(run_dir)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]  # first try + one retry, no refinement
     assert [t.user_attrs["attempt"] for t in trials] == [1, 2]
-    assert all("loss became nan" in t.user_attrs["fail_reason"] for t in trials)
+    # NaN in the raw data is refused at load (it used to surface as "loss became nan")
+    assert all("NaN/inf voxels" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def _tampered(result) -> object:
+    """A COMPLETE outcome whose result has a wrong type, as an older or broken job could pickle it (unpickling
+    does not run the dataclass checks)."""
+    from arborseg.train.result import ResultState, TrialOutcome
+
+    outcome = object.__new__(TrialOutcome)
+    for key, value in {"state": ResultState.COMPLETE, "reason": "", "result": result}.items():
+        object.__setattr__(outcome, key, value)
+    return outcome
+
+
+def test_malformed_job_results_fail_one_trial_each(tmp_path, monkeypatch):
+    from arborseg.campaign.job import TrialJob
+    from arborseg.train.result import TrialResult
+
+    wrong_type = TrialResult(0.5, params="many", flops_per_voxel=1.0, train_seconds=1.0, steps=4, seed=0, regions={})
+    returned = iter([
+        ({"state": "COMPLETE", "value": 0.5}, "malformed trial result: a COMPLETE result lacks its 'result' record"),
+        ({"state": "DONE"}, "malformed trial result: state is 'DONE', not one of COMPLETE, PRUNED, FAIL"),
+        (_tampered(wrong_type), "malformed trial result: params is str 'many', not int"),
+        (_tampered(None), "malformed trial result: a COMPLETE outcome needs a TrialResult, not None"),
+        (42, "the job returned 42, not a trial result"),
+    ])
+    expected = []
+    real_run = TrialJob.run
+
+    def run(self):
+        for value, reason in returned:
+            expected.append(reason)
+            return value
+        return real_run(self)
+
+    monkeypatch.setattr(TrialJob, "run", run)
+    path = write_campaign(tmp_path, budget={"random_trees": 6, "refine_top": 0})
+    run_dir = run_campaign(path, tmp_path / "runs")  # the campaign goes on past every malformed result
+    trials = sorted(trials_of(run_dir), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 5 + [TrialState.COMPLETE]
+    for trial, reason in zip(trials, expected):
+        assert reason in trial.user_attrs["fail_reason"], trial.user_attrs["fail_reason"]
+    table = run_table([run_dir])
+    assert list(table["state"]) == ["FAIL"] * 5 + ["COMPLETE"]
+
+
+def test_trial_outcomes_are_checked():
+    from arborseg.train.result import MalformedResult, ResultState, TrialOutcome, read_outcome
+
+    record = {"objective_value": 0.5, "params": 10, "flops_per_voxel": 2.0, "train_seconds": 1.5, "steps": 4,
+              "seed": 0, "regions": {"validation": {"fg_iou": 0.5}}, "tree_id": "abc"}
+    ok = TrialOutcome.complete(record)
+    assert ok.state == ResultState.COMPLETE == "COMPLETE" and ok.value == 0.5 and ok.has_value
+    assert ok.result.record["tree_id"] == "abc" and read_outcome(ok) is ok
+    with pytest.raises(MalformedResult, match="lacks params, steps"):
+        TrialOutcome.complete({k: v for k, v in record.items() if k not in ("params", "steps")})
+    with pytest.raises(MalformedResult, match="seed is bool True, not int"):
+        TrialOutcome.complete({**record, "seed": True})
+    with pytest.raises(MalformedResult, match="state is 'COMPLETE', not one of"):
+        TrialOutcome("COMPLETE")  # the enum, not its value
+    assert not TrialOutcome.complete({**record, "objective_value": float("nan")}).has_value
+    for value in (None, object(), "COMPLETE", {"state": None}, _tampered({"params": 1})):
+        out = read_outcome(value, "member")
+        assert out.state == ResultState.FAIL and "member result" in out.reason
 
 
 def _children(pid: int) -> list[int]:
@@ -272,7 +335,8 @@ def test_max_gflops_keeps_costly_trees_out_of_training(tmp_path):
     run_dir = run_campaign(path, tmp_path / "runs")
     trials = trials_of(run_dir)
     trained = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(trained) == 5 and len({t.user_attrs["tree_id"] for t in trained if t.user_attrs["phase"] == "random"}) == 3
+    assert len(trained) == 5
+    assert len({t.user_attrs["tree_id"] for t in trained if t.user_attrs["phase"] == "random"}) == 3
     from arborseg.tree import ModuleTree
 
     for t in trained:

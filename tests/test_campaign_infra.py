@@ -18,24 +18,27 @@ import time
 from pathlib import Path
 
 import cloudpickle
+import helpers_infra as H
 import optuna
 import pytest
+from campaign_helpers import release_requeued
 
-import helpers_infra as H
-from arborseg.jobs.executors import (
+from arborseg.campaign import worker_trial
+from arborseg.campaign.storage import make_storage, open_storage, redact, storage_url
+from arborseg.campaign.worker_trial import OptunaReporter, attach_trial, trial_id
+from arborseg.errors import CampaignError
+from arborseg.jobs import _submitit
+from arborseg.jobs.executors import DEFAULT_WORKERS, make_executor, valid_options, workers_of
+from arborseg.jobs.outcome import (
     FINISHED_STATES,
     JobOutcome,
     cancel_job,
     job_outcome,
     job_state,
-    make_executor,
     reattach_job,
-    valid_options,
     wait_outcome,
 )
-from arborseg.campaign.storage import make_storage, open_storage, redact, storage_url
-from arborseg.campaign.worker_trial import NullReporter, Reporter, TrialRef, attach_trial
-from arborseg.errors import CampaignError
+from arborseg.train.result import NullReporter, Reporter
 
 cloudpickle.register_pickle_by_value(H)  # jobs get the helpers by value: no need to import tests/
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -45,13 +48,24 @@ JOB_TIMEOUT_S = 120
 TS = optuna.trial.TrialState
 
 
+def wait_until(what: str, condition, timeout_s: float = 60, poll_s: float = 0.05):
+    """Poll ``condition()`` until it is truthy (returned); a deadline only turns a hang into a failure."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
 # ----------------------------------------------------------------------------- conformance
 def _conformance(study_name: str, storage, url: str, ex, in_job_expected: bool) -> None:
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", pruner=pruner)
 
-    def submit(trial, values, fail=False):
-        return ex.submit(H.trial_job, TrialRef.from_trial(trial, url), values, fail)
+    def submit(trial, values, fail=False):  # what a campaign job gets: the storage URL, study, trial id, pruner
+        return ex.submit(H.trial_job, url, study_name, trial_id(trial), study.pruner, values, fail)
 
     # round 1: two good trials, at the same time
     good = [study.ask() for _ in range(2)]
@@ -111,9 +125,9 @@ def test_attach_errors_and_reporters(tmp_run_dir, study_name):
         attach_trial(url, study_name, 7)
     with pytest.raises(CampaignError, match="exactly one"):
         attach_trial(url, study_name)
-    by_id = attach_trial(url, study_name, trial_id=t._trial_id)
+    by_id = attach_trial(url, study_name, trial_id=trial_id(t))
     assert by_id.number == t.number
-    rep = TrialRef.from_trial(t, url).reporter()
+    rep = OptunaReporter(attach_trial(url, study_name, trial_id=trial_id(t), pruner=study.pruner))
     assert isinstance(rep, Reporter) and rep.report(0, 0.5) is False  # no completed trials: no pruning
     study.tell(t, 0.5)
     assert rep.report(1, 0.6) is True  # finished by the driver meanwhile: the job is told to stop
@@ -187,10 +201,39 @@ def test_executor_options_are_validated(tmp_path):
         make_executor("slurm", tmp_path, {"slurm_nodes": 4})
     assert "partition" in valid_options("slurm") and "workers" in valid_options("local")
     ex = make_executor("local", tmp_path, {"local_timeout_min": 0.5, "workers": 1, "threads_per_job": 1})
-    assert ex._executor.parameters["timeout_min"] == 0.5
-    assert ex._executor.parameters["signal_delay_s"] == 7  # a quarter of a short limit, not 30 s
-    assert ex.job_env["OMP_NUM_THREADS"] == "1"
-    make_executor("debug", tmp_path, {"timeout_min": 5, "workers": 3})  # local options: accepted, ignored
+    assert _submitit.inner_executor(ex).parameters["timeout_min"] == 0.5
+    assert _submitit.inner_executor(ex).parameters["signal_delay_s"] == 7  # a quarter of a short limit, not 30 s
+    assert ex.job_env["OMP_NUM_THREADS"] == "1" and ex.workers == 1
+    debug = make_executor("debug", tmp_path, {"timeout_min": 5, "workers": 3})  # local options: accepted, ignored
+    assert debug.workers == 1
+
+
+def test_one_workers_default_everywhere(tmp_path):
+    assert DEFAULT_WORKERS == {"debug": 1, "local": 2, "slurm": 4}  # as docs/campaigns.md says
+    assert make_executor("local", tmp_path / "l", {}).workers == 2 == workers_of("local", {})
+    assert workers_of("slurm", {}) == 4 and workers_of("slurm", {"workers": 8}) == 8
+    assert "workers" in valid_options("slurm")
+    assert workers_of("debug", {"workers": 8}) == 1
+    ncpu = len(os.sched_getaffinity(0))
+    assert make_executor("local", tmp_path / "t", {}).threads_per_job == max(1, ncpu // 2)
+    with pytest.raises(CampaignError, match="workers must be an integer"):
+        workers_of("slurm", {"workers": "many"})
+
+
+def test_private_apis_we_rely_on_are_there():
+    """submitit and Optuna internals used in one place each; a new release that drops them fails here."""
+    missing = _submitit.missing_private_api()
+    assert not missing, (f"submitit {submitit_version()} lacks {missing}: adapt arborseg/jobs/_submitit.py "
+                         f"(verified range {_submitit.VERIFIED})")
+    missing = worker_trial.missing_private_api()
+    assert not missing, (f"optuna {optuna.__version__} lacks {missing}: adapt the end of "
+                         "arborseg/campaign/worker_trial.py")
+
+
+def submitit_version() -> str:
+    import submitit
+
+    return submitit.__version__
 
 
 def test_local_outcomes_are_classified(tmp_path):
@@ -206,20 +249,83 @@ def test_local_outcomes_are_classified(tmp_path):
 
 
 def test_local_cancel_and_timeout(tmp_path):
-    ex = make_executor("local", tmp_path / "jobs", {"timeout_min": 0.1, "signal_delay_s": 2})
-    j_slow = ex.submit(H.sleep_return, 30)  # 6 s limit: the job is signalled at 4 s, not checkpointable
+    # a 15 s limit: the job is signalled at 10 s (time enough to start on a busy machine), not checkpointable
+    ex = make_executor("local", tmp_path / "jobs", {"timeout_min": 0.25, "signal_delay_s": 5})
+    slow_started = tmp_path / "slow.started"
+    j_slow = ex.submit(H.sleep_return, 600, 42, str(slow_started))
     ex2 = make_executor("local", tmp_path / "jobs2", {"timeout_min": 5})
-    j_cancel = ex2.submit(H.sleep_return, 30)
-    t0 = time.time()
-    while job_state(j_cancel) != "RUNNING" and time.time() - t0 < 10:
-        time.sleep(0.1)
-    time.sleep(1.0)
+    started = tmp_path / "started"
+    j_cancel = ex2.submit(H.sleep_return, 600, 42, str(started))
+    wait_until("the job to start", started.exists)
     cancel_job(j_cancel)
-    cancelled = wait_outcome(j_cancel, 30)
-    assert not cancelled.ok and cancelled.state == "CANCELLED" and cancelled.reason.startswith("cancelled"), cancelled
-    timed_out = wait_outcome(j_slow, 30)
+    cancelled = wait_outcome(j_cancel, 60)
+    assert cancelled is not None and not cancelled.ok and cancelled.state == "CANCELLED", cancelled
+    assert cancelled.reason.startswith("cancelled (controller got SIGINT)"), cancelled
+    timed_out = wait_outcome(j_slow, 120)
+    assert slow_started.exists(), f"the job had not started when its time ran out: {timed_out}"
     assert not timed_out.ok and timed_out.state == "TIMEOUT" and "timed-out" in timed_out.reason, timed_out
-    assert time.time() - t0 < 15
+
+
+_NOHUP_DRIVER = textwrap.dedent(
+    """
+    import sys, threading
+    from pathlib import Path
+    import helpers_infra as H
+    from arborseg.jobs.executors import make_executor
+    from arborseg.jobs.outcome import cancel_job, wait_outcome
+    folder, marker_main, marker_thread = sys.argv[1:4]
+    print(H.sigint_disposition(), flush=True)
+    ex = make_executor("local", folder, {"timeout_min": 5})
+    jobs = [ex.submit(H.sleep_return, 600, 42, marker_main)]  # from the main thread
+    thread = threading.Thread(target=lambda: jobs.append(ex.submit(H.sleep_return, 600, 42, marker_thread)))
+    thread.start()
+    thread.join()
+    print(" ".join(j.job_id for j in jobs), flush=True)
+    sys.stdin.readline()  # the test says when both jobs have started
+    for job in jobs:
+        cancel_job(job)
+    for job in jobs:
+        out = wait_outcome(job, 120)
+        print(out.state if out else "STILL RUNNING", "|", out.reason if out else "", flush=True)
+    """
+)
+
+
+def test_cancel_works_when_the_driver_ignores_sigint(tmp_path):
+    # `nohup arborseg search ... &` (or a script's `cmd &`) starts the driver with SIGINT ignored; submitit's
+    # LocalJob.cancel() sends SIGINT: jobs submitted from the main thread get SIGINT back, the others are killed
+    markers = [tmp_path / "main.started", tmp_path / "thread.started"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    driver = subprocess.Popen(
+        ["nohup", sys.executable, "-c", _NOHUP_DRIVER, str(tmp_path / "jobs"), *map(str, markers)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert driver.stdout.readline().strip() == "ignored"  # as under `nohup ... &`
+        job_ids = driver.stdout.readline().split()
+        assert len(job_ids) == 2, driver.stderr.read()
+        wait_until("both jobs to start", lambda: all(m.exists() for m in markers))
+        task_pids = [int(m.read_text()) for m in markers]
+        driver.stdin.write("go\n")
+        driver.stdin.flush()
+        (main_state, main_reason), (thread_state, thread_reason) = (
+            [part.strip() for part in driver.stdout.readline().split("|")] for _ in job_ids)
+        assert main_state == "CANCELLED" and "controller got SIGINT" in main_reason, main_reason
+        assert thread_state == "CANCELLED" and "controller got SIGKILL" in thread_reason, thread_reason
+        assert driver.wait(60) == 0, driver.stderr.read()
+        for pid in task_pids:  # no job process is left behind
+            wait_until(f"job process {pid} to end", lambda pid=pid: not _alive(pid))
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def test_local_threads_are_divided(tmp_path):
@@ -272,10 +378,8 @@ def _start_driver(folder: Path, seconds: float, marker: Path, new_session: bool)
     proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(folder), str(seconds), str(marker)],
                             stdout=subprocess.PIPE, text=True, env=env, start_new_session=new_session)
     job_id = proc.stdout.readline().strip()
-    t0 = time.time()
-    while not marker.exists() and time.time() - t0 < 30:  # the job itself has started
-        time.sleep(0.1)
-    assert job_id.isdigit() and marker.exists()
+    assert job_id.isdigit()
+    wait_until("the job to start", marker.exists)
     return proc, job_id
 
 
@@ -300,11 +404,8 @@ def test_local_job_dies_with_driver_process_group(tmp_path):
     os.killpg(driver.pid, signal.SIGKILL)  # e.g. Ctrl-C / kill -- -PGID: the whole group goes
     driver.wait()
     job = reattach_job(folder, job_id, "local")
-    t0 = time.time()
-    while job_state(job) == "RUNNING" and time.time() - t0 < 10:
-        time.sleep(0.1)
-    out = job_outcome(job)
-    assert not out.ok and out.state == "FAILED" and out.reason.startswith("killed"), out
+    out = wait_outcome(job, 60, poll_s=0.05)
+    assert out is not None and not out.ok and out.state == "FAILED" and out.reason.startswith("killed"), out
 
 
 # ------------------------------------------------------------------------------------- SLURM
@@ -327,7 +428,7 @@ def _wait_state(job, wanted: set[str], timeout_s: float = 30) -> str:
 @pytest.mark.slurm
 def test_slurm_array_and_threads(slurm_cluster, tmp_path):
     ex = _slurm_ex(tmp_path / "jobs", array_parallelism=3, setup=["export ARBORSEG_TEST_EXTRA=from-setup"])
-    assert ex._executor.parameters["signal_delay_s"] == 30  # 2-min limit: not the default 90 s
+    assert _submitit.inner_executor(ex).parameters["signal_delay_s"] == 30  # 2-min limit: not the default 90 s
     jobs = ex.map_array(H.add, [1, 2, 3], [10, 20, 30])
     assert len({j.job_id.split("_")[0] for j in jobs}) == 1  # one array
     j_threads = ex.submit(H.thread_info)
@@ -370,24 +471,17 @@ def test_slurm_preempted_checkpointable_job_resumes(slurm_cluster, tmp_path):
     job = ex.submit(H.CounterJob(str(counter), n=40, dt=0.25))
     high = None
     try:
-        t0 = time.time()
-        while not (counter.exists() and int(counter.read_text() or 0) >= 4):
-            assert time.time() - t0 < 30, f"counter job {job.job_id} did not start ({job_state(job)})"
-            time.sleep(0.1)
+        wait_until(f"counter job {job.job_id} to count to 4",
+                   lambda: counter.exists() and int(counter.read_text() or 0) >= 4)
         # a job in the 'high' partition needs the same CPUs: SLURM preempts ours (USR2 -> checkpoint -> requeue)
         res = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", str(cpus), "-t", "1",
                               "-o", str(tmp_path / "high.out"), "--wrap", "sleep 1"],
                              capture_output=True, text=True, check=True)
         high = res.stdout.strip().split(";")[0]
-        t1 = time.time()
-        while True:  # wait for the requeue (PENDING, BeginTime 120 s ahead) and release it
-            sq = subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%T"], capture_output=True, text=True)
-            if sq.stdout.strip() == "PENDING":
-                break
-            assert time.time() - t1 < 40, f"job {job.job_id} was not requeued: {sq.stdout.strip()}"
-            time.sleep(0.2)
-        time.sleep(1.5)
-        subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)
+        # wait for the requeue (PENDING, BeginTime 120 s ahead) and release it
+        wait_until(f"job {job.job_id} to be requeued", lambda: subprocess.run(
+            ["squeue", "-h", "-j", job.job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip() == "PENDING")
+        release_requeued(job.job_id)
         out = wait_outcome(job, 240)
         assert out is not None and out.ok, out
         assert out.result["count"] == 40

@@ -19,13 +19,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from campaign_helpers import ROOT, release_requeued, trials_of, write_campaign
 from optuna.trial import TrialState
 
 from arborseg.campaign.config import load_campaign
 from arborseg.campaign.driver import Campaign
+from arborseg.campaign.worker_trial import trial_id
 from arborseg.table import run_table
-
-from campaign_helpers import ROOT, trials_of, write_campaign
 
 pytestmark = pytest.mark.slurm
 
@@ -55,7 +55,7 @@ class DriverThread(threading.Thread):
     def run(self) -> None:
         try:
             self.campaign.run()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread by finish()
+        except BaseException as exc:
             self.error = exc
 
     def finish(self, timeout_s: float = DEADLINE_S) -> Path:
@@ -139,7 +139,7 @@ def test_slurm_scancelled_trial_fails_and_is_retried(slurm_cluster, tmp_path):
     run_dir = driver.finish()
 
     trials = sorted(trials_of(run_dir), key=lambda t: t.number)
-    first = next(t for t in trials if t._trial_id == victim._trial_id)
+    first = next(t for t in trials if trial_id(t) == trial_id(victim))
     assert first.state == TrialState.FAIL
     assert first.user_attrs["fail_reason"].startswith(f"cancelled by scheduler (job {job_id})"), \
         first.user_attrs["fail_reason"]
@@ -181,8 +181,7 @@ def test_slurm_preempted_trial_resumes_from_its_checkpoint(slurm_cluster, tmp_pa
         wait_for(f"job {job_id} to be requeued (if it finished first, the trial is too short for this machine)",
                  lambda: squeue_state(job_id) == "PENDING" or (folder / "metrics.json").exists(), timeout_s=60)
         assert not (folder / "metrics.json").exists(), "the trial finished before the preemption took effect"
-        time.sleep(1.5)
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)
+        release_requeued(job_id)
         run_dir = driver.finish()
     except BaseException:  # leave nothing behind in the queue
         for jid in (high, job_id):
@@ -217,7 +216,7 @@ def test_slurm_driver_kill9_then_resume_reattaches_running_jobs(slurm_cluster, t
         trials = trials_now(run_dir)
         running = [t for t in trials if t.state == TrialState.RUNNING]
         if any(t.state in FINISHED for t in trials) and running and all("job_id" in t.user_attrs for t in running):
-            return {t._trial_id: t.user_attrs["job_id"] for t in running}
+            return {trial_id(t): t.user_attrs["job_id"] for t in running}
         return None
 
     try:
@@ -225,14 +224,14 @@ def test_slurm_driver_kill9_then_resume_reattaches_running_jobs(slurm_cluster, t
     except BaseException:
         driver.kill()
         raise
-    finished_before = {t._trial_id for t in trials_now(run_dir) if t.state in FINISHED}
+    finished_before = {trial_id(t) for t in trials_now(run_dir) if t.state in FINISHED}
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait(10)
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S)
     assert res.returncode == 0, res.stderr[-2000:]
 
     trials = trials_of(run_dir)
-    by_id = {t._trial_id: t for t in trials}
+    by_id = {trial_id(t): t for t in trials}
     done = Counter(t.user_attrs["task"] for t in trials if t.state in FINISHED)
     assert len(done) == 3 + 1 and set(done.values()) == {1}, done  # every task finished exactly once
     assert all(t.state != TrialState.RUNNING for t in trials)
@@ -242,7 +241,7 @@ def test_slurm_driver_kill9_then_resume_reattaches_running_jobs(slurm_cluster, t
     for tid, jid in running_at_kill.items():  # jobs that ran through the kill were followed, not re-run
         assert by_id[tid].state in FINISHED and by_id[tid].user_attrs["job_id"] == jid
         assert f"reattached to job {jid}" in res.stderr
-    assert finished_before <= {t._trial_id for t in trials if t.state in FINISHED}
+    assert finished_before <= {trial_id(t) for t in trials if t.state in FINISHED}
     job_ids = [t.user_attrs["job_id"] for t in trials if "job_id" in t.user_attrs]
     assert len(job_ids) == len(set(job_ids))  # nothing submitted twice
     assert len(trials) == len(job_ids) + sum(1 for t in trials if t.state == TrialState.FAIL)

@@ -32,8 +32,9 @@ from typing import Any
 import yaml
 
 from arborseg.errors import CampaignError
-from arborseg.train.settings import TrainSettings
+from arborseg.jobs.options import DEFAULT_WORKERS, KINDS
 from arborseg.metrics import minimise
+from arborseg.train.settings import TrainSettings
 
 TOP_KEYS = ("name", "description", "data", "space", "budget", "objective", "sampler", "pruner", "executor",
             "storage", "train", "retries", "seed")
@@ -41,7 +42,7 @@ BUDGET_KEYS = {"random_trees": 8, "refine_top": 2, "refine_trials": 4, "steps": 
                "max_gflops": None}
 SAMPLERS = ("tpe", "cmaes", "random")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
-EXECUTORS = ("debug", "local", "slurm")
+EXECUTORS = KINDS
 
 
 def _suggest(word: str, valid) -> str:
@@ -77,7 +78,13 @@ class CampaignConfig:
         settings["eval_every"] = self.budget["eval_every"]
         return TrainSettings.from_dict(settings)
 
-    def with_overrides(self, executor: str | None = None, random_trees: int | None = None) -> "CampaignConfig":
+    @property
+    def job_data(self) -> Any:
+        """What a job gets to load the data (:func:`arborseg.jobs.runtime.load_data`): the data YAML path, or
+        ``(mapping, folder of the campaign file)`` for data written inline."""
+        return self.data_spec if isinstance(self.data_spec, str) else (self.data_spec, str(self.source.parent))
+
+    def with_overrides(self, executor: str | None = None, random_trees: int | None = None) -> CampaignConfig:
         from dataclasses import replace
 
         out = self
@@ -171,15 +178,15 @@ def load_campaign(path: str | Path) -> CampaignConfig:
     if executor["kind"] not in EXECUTORS:
         raise CampaignError(f"{source}: executor.kind: {executor['kind']!r}{_suggest(executor['kind'], EXECUTORS)}")
     if executor["kind"] == "local":
-        # one default for the driver (jobs in flight) and the executor (CPU threads per job = CPUs / workers)
-        executor.setdefault("workers", 2)
+        # written out, as campaign.json has always shown it; the driver and the executor read the same default
+        executor.setdefault("workers", DEFAULT_WORKERS["local"])
     train = dict(raw.get("train") or {})
     if "objective" in train and train["objective"] != metric:
         raise CampaignError(f"{source}: train.objective {train['objective']!r} differs from objective.metric "
                             f"{metric!r}: give the metric once, under objective:")
     try:
         TrainSettings.from_dict({**train, "objective": metric})
-    except Exception as exc:  # noqa: BLE001 - reported as a campaign error
+    except Exception as exc:
         raise CampaignError(f"{source}: train: {exc}") from None
     seed = _non_negative_int(raw.get("seed", sampler.get("seed", 0)), "seed", source)
     _check_sampler_options(sampler, source)

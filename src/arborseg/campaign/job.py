@@ -1,51 +1,24 @@
 """What runs inside a submitit job: one trial, trained and scored, never raising for a trial's own failure.
 
-The job returns ``{"state": COMPLETE|PRUNED|FAIL, ...}``. A NaN loss, out-of-memory or an
-exception in a module becomes a FAIL with its reason (the traceback goes to ``error.txt`` in the
-trial folder). Jobs killed or cancelled by the scheduler never return; the driver classifies
-those. The job is Checkpointable: when SLURM preempts it or its time runs out, submitit requeues
-it and it resumes from the trial folder's last checkpoint.
+The job returns a :class:`~arborseg.train.result.TrialOutcome` (COMPLETE with its result, PRUNED or
+FAIL with a reason). A NaN loss, out-of-memory or an exception in a module becomes a FAIL with its
+reason (the traceback goes to ``error.txt`` in the trial folder). Jobs killed or cancelled by the
+scheduler never return; the driver classifies those. The job is Checkpointable: when SLURM preempts
+it or its time runs out, submitit requeues it and it resumes from the trial folder's last checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from arborseg.jobs.executors import CheckpointableJob
-from arborseg.errors import ArborsegError
+from arborseg.jobs.checkpointable import CheckpointableJob
+from arborseg.jobs.runtime import failure, job_log, load_data
 from arborseg.log import get_logger
+from arborseg.train.result import TrialOutcome, TrialPruned
 
 log = get_logger(__name__)
-
-
-@contextlib.contextmanager
-def job_log(path: Path) -> Iterator[None]:
-    """Send arborseg's log records (INFO and up) to ``path`` while the block runs."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("arborseg")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
-def failure(exc: BaseException, out: Path) -> dict[str, Any]:
-    """The FAIL result of a job's own exception: arborseg errors as they are, others with their first line
-    and the traceback written to ``out/error.txt``."""
-    if isinstance(exc, ArborsegError):
-        return {"state": "FAIL", "reason": str(exc)}
-    (out / "error.txt").write_text("".join(traceback.format_exception(exc)))
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return {"state": "FAIL", "reason": f"{type(exc).__name__}: {first[:300]} (traceback: {out / 'error.txt'})"}
 
 
 @dataclass
@@ -61,15 +34,6 @@ class TrialJob(CheckpointableJob):
     out_dir: str
     pruning: dict  # {"pruner": {...}, "eval_every": n, "steps": n}: the driver's pruner, rebuilt here
 
-    def _load_data(self):
-        from arborseg.data import DataConfig, load_data_config
-
-        if isinstance(self.data, (list, tuple)):
-            mapping, base_dir = self.data
-            return DataConfig.from_dict(mapping, source="campaign", base_dir=base_dir, key_prefix="data",
-                                        check_labels=False)
-        return load_data_config(self.data, check_labels=False)
-
     def _reporter(self):
         from arborseg.campaign.driver import make_pruner
         from arborseg.campaign.worker_trial import OptunaReporter, attach_trial
@@ -77,9 +41,9 @@ class TrialJob(CheckpointableJob):
         pruner = make_pruner(self.pruning["pruner"], self.pruning["eval_every"], self.pruning["steps"])
         return OptunaReporter(attach_trial(self.storage_url, self.study_name, trial_id=self.trial_id, pruner=pruner))
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> TrialOutcome:
         from arborseg.train.settings import TrainSettings
-        from arborseg.train.trainer import TrialPruned, train_and_score
+        from arborseg.train.trainer import train_and_score
         from arborseg.tree import ModuleTree
 
         out = Path(self.out_dir)
@@ -89,9 +53,9 @@ class TrialJob(CheckpointableJob):
                 settings = TrainSettings.from_dict(self.settings)
                 tree = ModuleTree.load(self.tree_file)
                 reporter = self._reporter()
-                result = train_and_score(tree, self._load_data(), settings, out, reporter, progress=False)
-                return {"state": "COMPLETE", "value": result["objective_value"], "result": result}
+                result = train_and_score(tree, load_data(self.data), settings, out, reporter, progress=False)
+                return TrialOutcome.complete(result)
             except TrialPruned as exc:
-                return {"state": "PRUNED", "reason": str(exc)}
-            except Exception as exc:  # noqa: BLE001 - a trial's own failure must not sink the campaign
+                return TrialOutcome.pruned(str(exc))
+            except Exception as exc:
                 return failure(exc, out)

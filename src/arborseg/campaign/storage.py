@@ -97,7 +97,7 @@ def redact(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a malformed URL: hide everything between '//' and '@'
+    except Exception:
         head, _, rest = url.partition("://")
         return f"{head}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
 

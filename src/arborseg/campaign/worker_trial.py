@@ -1,14 +1,13 @@
-"""Inside a job: re-attach to the Optuna trial the driver created with ``study.ask()``.
+"""The Optuna trial seen from both sides: a job re-attaches to the trial its driver asked.
 
-The driver asks a trial, then hands the job a small picklable :class:`TrialRef` (storage URL, study
-name, trial number, the study's pruner). The job process (submitit local or SLURM worker, or the
-driver itself under the debug executor) calls :meth:`TrialRef.reporter` and, while training::
+The driver asks a trial (``study.ask()``) and hands its job the storage URL, the study name, the
+trial id and the study's pruner (:class:`~arborseg.campaign.job.TrialJob`). Inside the job::
 
-    reporter = ref.reporter()                 # or NullReporter() outside a campaign
-    for epoch in ...:
-        if reporter.report(epoch, val_score):  # intermediate value -> storage; True: prune now
+    trial = attach_trial(storage_url, study_name, trial_id=trial_id, pruner=pruner)
+    reporter = OptunaReporter(trial)         # NullReporter() outside a campaign (arborseg.train.result)
+    for step in ...:
+        if reporter.report(step, val_score):  # intermediate value -> storage; True: prune now
             break
-    reporter.set_user_attr("n_params", n)
 
 The job never tells the final state: the driver does (``study.tell``) when the job's result comes
 back, so that COMPLETE/PRUNED/FAIL are decided in one place.
@@ -16,16 +15,17 @@ back, so that COMPLETE/PRUNED/FAIL are decided in one place.
 Checked with optuna 5.0: ``optuna.trial.Trial(study, trial_id)`` works on a study loaded in another
 process (RDB, journal); ``report`` writes through to the storage at once (the driver sees the values),
 and ``should_prune`` asks ``study.pruner`` on the freshly read trial and the COMPLETE trials of the
-storage. The pruner is *not* stored in an Optuna storage, so the driver passes its own pruner
-(pickled inside the :class:`TrialRef`); without one Optuna's default (``MedianPruner()``) would apply.
+storage. The pruner is *not* stored in an Optuna storage, so the driver passes its own pruner; without
+one Optuna's default (``MedianPruner()``) would apply.
+
+Optuna's private API is used in one place, at the end of this module (:func:`trial_id`,
+:func:`set_frozen_user_attrs`); :func:`missing_private_api` lists what of it has vanished.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from arborseg.errors import CampaignError
 from arborseg.log import get_logger
@@ -70,13 +70,14 @@ def attach_trial(
         raise CampaignError(f"study {study_name!r} not found in storage {redact(storage_url)}") from None
     if trial_id is None:
         try:
-            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(trial_number))
+            study_id = storage.get_study_id_from_name(study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(trial_number or 0))
         except KeyError:
             raise CampaignError(
                 f"trial number {trial_number} not found in study {study_name!r} ({redact(storage_url)})"
             ) from None
     try:
-        frozen = study._storage.get_trial(int(trial_id))
+        frozen = storage.get_trial(int(trial_id))
     except KeyError:
         raise CampaignError(f"trial id {trial_id} not found in storage {redact(storage_url)}") from None
     if frozen.state != optuna.trial.TrialState.RUNNING:
@@ -88,36 +89,8 @@ def attach_trial(
     return optuna.trial.Trial(study, int(trial_id))
 
 
-@runtime_checkable
-class Reporter(Protocol):
-    """What training code talks to: intermediate scores in, a prune decision out."""
-
-    def report(self, step: int, value: float) -> bool:
-        """Record ``value`` at ``step`` (>= 0, increasing); return True if the trial should stop now."""
-        ...
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        """Attach a JSON-serialisable value to the trial (kept in the run table)."""
-        ...
-
-
-@dataclass
-class NullReporter:
-    """A :class:`Reporter` for runs outside a campaign (``arborseg train``): remembers, never prunes."""
-
-    values: dict[int, float] = field(default_factory=dict)
-    user_attrs: dict[str, Any] = field(default_factory=dict)
-
-    def report(self, step: int, value: float) -> bool:
-        self.values[int(step)] = float(value)
-        return False
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        self.user_attrs[key] = value
-
-
 class OptunaReporter:
-    """A :class:`Reporter` backed by a live Optuna trial (see :func:`attach_trial`).
+    """A :class:`~arborseg.train.result.Reporter` backed by a live Optuna trial (see :func:`attach_trial`).
 
     Storage hiccups (a locked SQLite file, a dropped PostgreSQL connection) are retried a few times
     and then logged, never raised: a training run is not lost because one intermediate value was.
@@ -164,7 +137,7 @@ class OptunaReporter:
         for attempt in range(self.retries):
             try:
                 return fn(*args)
-            except Exception as e:  # noqa: BLE001 - only storage errors are retried
+            except Exception as e:
                 if not _is_storage_error(e) or attempt == self.retries - 1:
                     if _is_storage_error(e):
                         raise _StorageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
@@ -190,35 +163,43 @@ def _is_storage_error(e: BaseException) -> bool:
     return isinstance(e, (OperationalError, InterfaceError))
 
 
-@dataclass(frozen=True)
-class TrialRef:
-    """A picklable pointer from a job to the driver's trial: give it to ``executor.submit``.
-
-    ``pruner`` is the driver's ``study.pruner`` (Optuna pruners are plain picklable objects).
-    """
-
-    storage_url: str
-    study_name: str
-    number: int
-    pruner: Any = None
-
-    @classmethod
-    def from_trial(cls, trial: optuna.trial.Trial, storage_url: str) -> TrialRef:
-        """Build from a trial the driver just got from ``study.ask()``."""
-        return cls(storage_url, trial.study.study_name, trial.number, trial.study.pruner)
-
-    def attach(self) -> optuna.trial.Trial:
-        return attach_trial(self.storage_url, self.study_name, self.number, pruner=self.pruner)
-
-    def reporter(self) -> OptunaReporter:
-        return OptunaReporter(self.attach())
+# ------------------------------------------------------------------------- Optuna's private API
+def trial_id(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> int:
+    """The storage-wide id of a trial (``trial._trial_id``): it names trial folders and lets jobs attach."""
+    return int(trial._trial_id)
 
 
-def reporter_for(ref: TrialRef | None) -> Reporter:
-    """The reporter a job should use: an :class:`OptunaReporter` for a campaign trial, else a null one."""
-    return NullReporter() if ref is None else ref.reporter()
+def live_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.trial.Trial:
+    """A live :class:`optuna.trial.Trial` for a RUNNING trial read back from the storage (a resumed driver)."""
+    import optuna
+
+    return optuna.trial.Trial(study, trial_id(frozen))
 
 
-def in_job() -> bool:
-    """True inside a submitit job process (local or SLURM), False in the driver (and the debug executor)."""
-    return os.environ.get("SUBMITIT_EXECUTOR", "") in ("local", "slurm")
+def set_frozen_user_attrs(study: optuna.Study, frozen: optuna.trial.FrozenTrial, attrs: dict[str, Any]) -> None:
+    """Set user attributes of a RUNNING trial read back from the storage, without making it a live trial
+    (which would call the sampler's ``before_trial``)."""
+    for key, value in attrs.items():
+        study._storage.set_trial_user_attr(trial_id(frozen), key, value)
+
+
+def missing_private_api() -> list[str]:
+    """The private Optuna names used here that this Optuna lacks (empty when all is well)."""
+    import optuna
+
+    missing = []
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    asked = study.ask()
+    frozen = study.get_trials(deepcopy=False)[0]
+    for obj, name in ((asked, "Trial._trial_id"), (frozen, "FrozenTrial._trial_id")):
+        if not isinstance(getattr(obj, "_trial_id", None), int):
+            missing.append(name)
+    if not callable(getattr(getattr(study, "_storage", None), "set_trial_user_attr", None)):
+        missing.append("Study._storage.set_trial_user_attr")
+    if not missing:
+        try:
+            if live_trial(study, frozen).number != asked.number:
+                missing.append("optuna.trial.Trial(study, trial_id) gives another trial")
+        except Exception as exc:
+            missing.append(f"optuna.trial.Trial(study, trial_id): {exc}")
+    return missing
