@@ -7,7 +7,6 @@ Optuna storage and trial folders.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -55,28 +54,21 @@ def run_campaign(path: Path, runs: Path) -> tuple[Path, float]:
 
 def trial_records(run_dir: Path) -> list[dict]:
     """One dict per trial in the order the driver asked them: state, value, steps trained, timings."""
-    import optuna
+    from arborseg.runs import RunFolder, TrialFolder
 
-    from arborseg.campaign.storage import open_storage
-
-    manifest = json.loads((run_dir / "campaign.json").read_text())
-    storage = open_storage(manifest["storage_url"])
     out = []
-    for summary in optuna.get_all_study_summaries(storage):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        for t in study.get_trials(deepcopy=False):
-            folder = Path(t.user_attrs.get("artifact_dir", ""))
-            metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
-            if t.state.name == "COMPLETE":
-                steps = int(t.user_attrs.get("steps", metrics.get("steps", 0)))
-            else:  # pruned (or failed) at its last reported step
-                steps = max(t.intermediate_values, default=0)
-            seen = (t.datetime_complete - t.datetime_start).total_seconds() \
-                if t.datetime_complete and t.datetime_start else float("nan")
-            out.append({"task": t.user_attrs.get("task"), "state": t.state.name, "value": t.value, "steps": steps,
-                        "started": t.datetime_start or datetime.max, "driver_seconds": seen,
-                        "wall_seconds": metrics.get("wall_seconds"), "train_seconds": metrics.get("train_seconds"),
-                        "tree": t.user_attrs.get("tree_name"), "job_id": t.user_attrs.get("job_id")})
+    for _, t in RunFolder.open(run_dir).trials():
+        metrics = TrialFolder(t.user_attrs.get("artifact_dir", "")).read_metrics() or {}
+        if t.state.name == "COMPLETE":
+            steps = int(t.user_attrs.get("steps", metrics.get("steps", 0)))
+        else:  # pruned (or failed) at its last reported step
+            steps = max(t.intermediate_values, default=0)
+        seen = (t.datetime_complete - t.datetime_start).total_seconds() \
+            if t.datetime_complete and t.datetime_start else float("nan")
+        out.append({"task": t.user_attrs.get("task"), "state": t.state.name, "value": t.value, "steps": steps,
+                    "started": t.datetime_start or datetime.max, "driver_seconds": seen,
+                    "wall_seconds": metrics.get("wall_seconds"), "train_seconds": metrics.get("train_seconds"),
+                    "tree": t.user_attrs.get("tree_name"), "job_id": t.user_attrs.get("job_id")})
     out.sort(key=lambda r: r["started"])
     return out
 

@@ -56,6 +56,8 @@ from typing import Any
 
 import yaml
 
+from arborseg.runs import ENSEMBLE_FILE, MEMBERS_DIR, TRIALS_DIR, RunFolder, TrialFolder, ensemble_dir
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -220,7 +222,7 @@ def campaign_yaml(ds: str, seed: int, budget: dict, data: Path, space: Path, exe
 
 # ---------------------------------------------------------------------------------------------- jobs
 def _checkpointable():
-    from arborseg.jobs.executors import CheckpointableJob
+    from arborseg.jobs.checkpointable import CheckpointableJob
 
     return CheckpointableJob
 
@@ -280,7 +282,7 @@ class Runner:
         self.times: dict = json.loads(record.read_text()) if record.exists() else {}
 
     def run(self, pieces: list[Piece]) -> dict[str, str]:
-        from arborseg.jobs.executors import job_outcome
+        from arborseg.jobs.outcome import job_outcome
 
         status: dict[str, str] = {}
         for p in pieces:
@@ -348,32 +350,34 @@ class Runner:
 # ---------------------------------------------------------------------------------------------- collect
 def best_tree(run_dir: Path) -> Path:
     """tree.yaml of the campaign's best COMPLETE trial by its validation objective."""
-    from arborseg.table import load_campaign, run_table
+    from arborseg.table import read_run, run_table
 
-    camp = load_campaign(run_dir)
+    camp = read_run(run_dir)
     table = run_table([], campaigns=[camp])
     done = table[(table["state"] == "COMPLETE") & table["value"].notna()]
     if done.empty:
         raise RuntimeError(f"{run_dir}: no COMPLETE trial")
-    manifest = json.loads((run_dir / "campaign.json").read_text())
-    done = done.sort_values(["value", "trial_id"], ascending=[manifest["direction"] != "maximize", True])
-    return Path(str(done.iloc[0]["artifact_dir"])) / "tree.yaml"
+    direction = RunFolder.open(run_dir).manifest["direction"]
+    done = done.sort_values(["value", "trial_id"], ascending=[direction != "maximize", True])
+    return TrialFolder(str(done.iloc[0]["artifact_dir"])).tree_path
 
 
 def trial_steps(folder: Path) -> int:
     """Steps a trial (or member) folder trained: from metrics.json, else its last checkpoint (pruned)."""
-    if (folder / "metrics.json").is_file():
-        return int(json.loads((folder / "metrics.json").read_text()).get("steps", 0))
-    if (folder / "checkpoint.pt").is_file():
+    trial = TrialFolder(folder)
+    if trial.metrics_path.is_file():
+        return int(json.loads(trial.metrics_path.read_text()).get("steps", 0))
+    if trial.checkpoint_path.is_file():
         import torch
 
-        return int(torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)["step"])
+        return int(torch.load(trial.checkpoint_path, map_location="cpu", weights_only=False)["step"])
     return 0
 
 
 def trial_seconds(folder: Path) -> float:
-    if (folder / "metrics.json").is_file():
-        return float(json.loads((folder / "metrics.json").read_text()).get("train_seconds", 0.0))
+    metrics = TrialFolder(folder).metrics_path
+    if metrics.is_file():
+        return float(json.loads(metrics.read_text()).get("train_seconds", 0.0))
     return float("nan")
 
 
@@ -384,11 +388,12 @@ def voxels_per_step(tree_file: Path, batch: int) -> int:
 
 
 def campaign_usage(run_dir: Path, batch: int) -> dict[str, Any]:
-    trials = sorted((run_dir / "trials").glob("*")) if (run_dir / "trials").is_dir() else []
-    steps = [trial_steps(t) for t in trials]
-    secs = [trial_seconds(t) for t in trials]
-    vox = sum(s * voxels_per_step(t / "tree.yaml", batch) for s, t in zip(steps, trials) if (t / "tree.yaml").is_file())
-    return {"steps": sum(steps), "trials": len(trials), "complete": sum((t / "metrics.json").is_file() for t in trials),
+    root = run_dir / TRIALS_DIR
+    trials = [TrialFolder(t) for t in sorted(root.glob("*"))] if root.is_dir() else []
+    steps = [trial_steps(t.path) for t in trials]
+    secs = [trial_seconds(t.path) for t in trials]
+    vox = sum(s * voxels_per_step(t.tree_path, batch) for s, t in zip(steps, trials) if t.tree_path.is_file())
+    return {"steps": sum(steps), "trials": len(trials), "complete": sum(t.metrics_path.is_file() for t in trials),
             "train_seconds": round(sum(s for s in secs if not math.isnan(s)), 1), "voxels": vox}
 
 
@@ -425,14 +430,14 @@ def collect(work: Path, datasets: list[str], seeds: list[int], b: dict) -> tuple
                 info: dict[str, Any] = {**base, "planned_steps": None, "steps_used": None, "train_seconds": None}
                 scores = None
                 if arm.startswith("baseline") or arm == "arborseg_best":
-                    folder = cell / ("best" if arm == "arborseg_best" else arm)
-                    if not (folder / "metrics.json").is_file() or (arm == "arborseg_best" and camp is None):
+                    folder = TrialFolder(cell / ("best" if arm == "arborseg_best" else arm))
+                    if not folder.metrics_path.is_file() or (arm == "arborseg_best" and camp is None):
                         continue
-                    m = json.loads((folder / "metrics.json").read_text())
+                    m = json.loads(folder.metrics_path.read_text())
                     scores = m["regions"]
-                    tree = ModuleTree.load(folder / "tree.yaml")
+                    tree = ModuleTree.load(folder.tree_path)
                     own = int(m["steps"])
-                    vox = own * voxels_per_step(folder / "tree.yaml", b["batch"])
+                    vox = own * voxels_per_step(folder.tree_path, b["batch"])
                     info.update(tree=tree.name, family=tree.family, params=m["params"], window=m["window"],
                                 gflops_per_window=round(forward_gflops(tree, n_classes), 2),
                                 train_seconds=m["train_seconds"], own_steps=own)
@@ -444,13 +449,13 @@ def collect(work: Path, datasets: list[str], seeds: list[int], b: dict) -> tuple
                     else:
                         info.update(planned_steps=p["baseline"], steps_used=own, voxels=vox)
                 else:
-                    ens_dir = run_dir / "ensembles" / ENSEMBLE_NAME
-                    if camp is None or not (ens_dir / "ensemble.json").is_file():
+                    ens_dir = ensemble_dir(run_dir, ENSEMBLE_NAME)
+                    if camp is None or not (ens_dir / ENSEMBLE_FILE).is_file():
                         continue
-                    man = json.loads((ens_dir / "ensemble.json").read_text())
+                    man = json.loads((ens_dir / ENSEMBLE_FILE).read_text())
                     scores = man.get("scores") or {}
                     new_steps, new_secs, new_vox, reused = 0, 0.0, 0, 0
-                    for member in sorted((ens_dir / "members").glob("*")):
+                    for member in sorted((ens_dir / MEMBERS_DIR).glob("*")):
                         state = {}
                         if (member / "state.json").is_file():
                             state = json.loads((member / "state.json").read_text())
@@ -461,8 +466,8 @@ def collect(work: Path, datasets: list[str], seeds: list[int], b: dict) -> tuple
                         new_steps += s
                         sec = trial_seconds(member)
                         new_secs += 0.0 if math.isnan(sec) else sec
-                        if (member / "tree.yaml").is_file():
-                            new_vox += s * voxels_per_step(member / "tree.yaml", b["batch"])
+                        if TrialFolder(member).tree_path.is_file():
+                            new_vox += s * voxels_per_step(TrialFolder(member).tree_path, b["batch"])
                     selected = man.get("members") or []
                     info.update(tree=" + ".join(f"{m.get('tree_name')}/s{m.get('seed')}" for m in selected),
                                 family=",".join(sorted({str(m.get('family')) for m in selected})),
@@ -760,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
             def start():
                 tf = tree_file() if callable(tree_file) else tree_file
                 return executor.submit(TrainPiece(str(tf), str(data_file), settings, str(out_dir), window))
-            return Piece(key, "job", weights["job"], tuple(deps), lambda: (out_dir / "metrics.json").is_file(), start)
+            return Piece(key, "job", weights["job"], tuple(deps), lambda: TrialFolder(out_dir).metrics_path.is_file(),
+                         start)
 
         def cmd_piece(key, cmd, log, done, deps=()):
             def start():
@@ -799,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
                 pieces.append(pc)
                 pieces.append(job_piece(f"{ds}/s{seed}/best", lambda run_dir=run_dir: best_tree(run_dir), data[ds],
                                         train_settings(p["best_retrain"], seed, b["batch"]), cell / "best", deps=(ckey,)))
-                ens_json = run_dir / "ensembles" / ENSEMBLE_NAME / "ensemble.json"
+                ens_json = ensemble_dir(run_dir, ENSEMBLE_NAME) / ENSEMBLE_FILE
                 if have_ensemble:
                     cmd = [sys.executable, "-m", "arborseg.cli", "-q", "ensemble", run_dir, "--top", b["top"],
                            "--seeds", b["ens_seeds"], "--name", ENSEMBLE_NAME, "--steps", p["ensemble_member"]]

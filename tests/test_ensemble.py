@@ -15,11 +15,10 @@ from arborseg.cli import main
 from arborseg.ensemble import EnsembleSettings, build_ensemble, read_manifest
 from arborseg.ensemble.bootstrap import gain_ci
 from arborseg.ensemble.build import pick_fusion
-from arborseg.ensemble.fusion import fit_weights, fuse_weighted
 from arborseg.ensemble.greedy import choose_members, greedy_select, select_all
 from arborseg.ensemble.objective import Scoring, objective_score
 from arborseg.errors import ArborsegError
-from arborseg.inference.blockwise import fuse
+from arborseg.inference.fusion import fit_weights, fuse
 from arborseg.metrics import score_segmentation
 
 SCORING = Scoring(("bg", "fg"), background=0)
@@ -59,7 +58,7 @@ def test_greedy_picks_with_replacement():
     assert sel.history[:3] == pytest.approx([0.75, 0.75, 1.0])
     assert list(sel.counts) == [2, 1]
     assert np.allclose(sel.weights, [2 / 3, 1 / 3])
-    fused = fuse_weighted(np.stack([a, b]), "mean", sel.weights)[1]
+    fused = fuse(np.stack([a, b]), "mean", weights=sel.weights).labels
     assert np.array_equal(fused, LABELS)
     # every member with equal weight stays at 3/4
     assert select_all(np.stack([a, b]), fg_iou).value == pytest.approx(0.75)
@@ -81,27 +80,27 @@ def test_equal_weights_match_largepredict_fuse():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), size=(4, 2, 5, 5)).transpose(0, 4, 1, 2, 3).astype(np.float32)
     for fusion in ("mean", "max", "vote"):
-        p, labels = fuse_weighted(probs, fusion, [1, 1, 1, 1])
+        p, labels, _ = fuse(probs, fusion, weights=[1, 1, 1, 1])
         ref_p, ref_labels, _ = fuse(probs, fusion)
         assert np.allclose(p, ref_p) and np.array_equal(labels, ref_labels)
     # members with weight 0 take no part; repeating a member does not change a maximum
-    p, _ = fuse_weighted(probs, "max", [2, 1, 0, 0])
+    p = fuse(probs, "max", weights=[2, 1, 0, 0]).probs
     assert np.allclose(p, fuse(probs[:2], "max")[0])
-    p, _ = fuse_weighted(probs, "weighted", [3, 1, 0, 0])
+    p = fuse(probs, "weighted", weights=[3, 1, 0, 0]).probs
     assert np.allclose(p, 0.75 * probs[0] + 0.25 * probs[1], atol=1e-6)
 
 
 def test_weighted_vote():
     # three members vote fg, bg, bg on one voxel; weights 0.6/0.2/0.2 make fg win, 1/1/1 make bg win
     probs = np.stack([two_class([0.8]), two_class([0.3]), two_class([0.2])])
-    assert fuse_weighted(probs, "vote", [0.6, 0.2, 0.2])[1].ravel().tolist() == [1]
-    assert fuse_weighted(probs, "vote", [1, 1, 1])[1].ravel().tolist() == [0]
-    votes, _ = fuse_weighted(probs, "vote", [0.6, 0.2, 0.2])
+    assert fuse(probs, "vote", weights=[0.6, 0.2, 0.2]).labels.ravel().tolist() == [1]
+    assert fuse(probs, "vote", weights=[1, 1, 1]).labels.ravel().tolist() == [0]
+    votes = fuse(probs, "vote", weights=[0.6, 0.2, 0.2]).probs
     assert votes.ravel() == pytest.approx([0.4, 0.6])
     # a tie in weight goes to the higher weighted mean probability: fg (0.8 + 0.3) / 2 > 0.5
-    assert fuse_weighted(probs[:2], "vote", [0.5, 0.5])[1].ravel().tolist() == [1]
+    assert fuse(probs[:2], "vote", weights=[0.5, 0.5]).labels.ravel().tolist() == [1]
     with pytest.raises(ArborsegError, match="non-negative"):
-        fuse_weighted(probs, "mean", [1, -1, 0])
+        fuse(probs, "mean", weights=[1, -1, 0])
 
 
 def test_fit_weights_prefers_the_informative_member():
@@ -195,7 +194,7 @@ def _count_training(monkeypatch, fail_seed_of: str | None = None) -> list[tuple[
             raise RuntimeError("simulated member failure")
         return real(tree, data, settings, out_dir, *args, **kwargs)
 
-    monkeypatch.setattr(arborseg.train, "train_and_score", spy)
+    monkeypatch.setattr(arborseg.train.trainer, "train_and_score", spy)
     return calls
 
 
@@ -275,3 +274,32 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         EnsembleSettings(name="a/b").check()
     with pytest.raises(ArborsegError, match="--top"):
         EnsembleSettings(top=0).check()
+
+
+def test_malformed_member_results_fail_that_member_only(tmp_path, monkeypatch):
+    from arborseg.ensemble.members import MemberJob, MemberSpec, run_members
+    from arborseg.train.result import TrialOutcome
+
+    record = {"objective_value": 0.5, "params": 10, "flops_per_voxel": 2.0, "train_seconds": 1.0, "steps": 4,
+              "seed": 0, "regions": {}}
+
+    def run(self):  # no training: each member's job returns something else
+        out = Path(self.out_dir)
+        if out.name.startswith("a"):
+            return {"state": "COMPLETE", "value": 0.5}  # the plain form, without its result record
+        if out.name.startswith("b"):
+            return "trained"
+        (out / "model.pt").write_bytes(b"")
+        (out / "metrics.json").write_text("{}")
+        return TrialOutcome.complete(record)
+
+    monkeypatch.setattr(MemberJob, "run", run)
+    specs = [MemberSpec(name * 10, name, "2d", 0, tmp_path / "tree.yaml", tmp_path / "members" / f"{name}-s0")
+             for name in "abc"]
+    states = run_members(specs, "data.yaml", {"steps": 4}, "debug", {"workers": 2}, tmp_path / "jobs", progress=False)
+    assert states[specs[0].key]["state"] == "FAIL" and "malformed member result" in states[specs[0].key]["reason"]
+    assert states[specs[1].key] == {"state": "FAIL", "reason": "the job returned 'trained', not a member result"}
+    assert states[specs[2].key] == {"state": "COMPLETE", "value": 0.5}
+    # state.json keeps its format: plain strings, as before typed results
+    assert json.loads((specs[2].out_dir / "state.json").read_text()) == {"state": "COMPLETE", "value": 0.5}
+    assert not (specs[2].out_dir / "job.json").exists()

@@ -19,7 +19,7 @@ from optuna.trial import TrialState, create_trial
 from arborseg.cli import main
 from arborseg.errors import CampaignError
 from arborseg.table import (campaign_status, campaign_summary, filter_table, format_table, group_table,
-                            load_campaigns, quote_columns, run_table, select_columns, sort_table, to_markdown,
+                            quote_columns, read_runs, run_table, select_columns, sort_table, to_markdown,
                             top_rows, write_table)
 
 ROOT = Path(__file__).parents[1]
@@ -67,7 +67,7 @@ def make_fake_campaign(root: Path, name: str = "fake", storage: str = "sqlite", 
     2 tree C PRUNED 0.3 | 3 tree C FAIL | refine of A: 4 tree A2 COMPLETE 0.8 (seed 1) | 5 tree A COMPLETE 0.6
     (seed 2, folder missing)."""
     from arborseg.campaign.storage import make_storage, storage_url
-    from arborseg.cli.space_commands import sample_distinct
+    from arborseg.space.sampler import sample_distinct
 
     run_dir = root / name
     run_dir.mkdir(parents=True)
@@ -271,7 +271,7 @@ def test_several_campaigns_summary_and_same_names(tmp_path):
     assert "alpha" in text and "beta" in text and "best_tree" in text
     # two folders holding campaigns of one name get told apart
     same = make_fake_campaign(tmp_path / "other", name="alpha")
-    labels = [r.label for r in load_campaigns([one, same])]
+    labels = [r.label for r in read_runs([one, same])]
     assert labels == ["runs/alpha", "other/alpha"]
     assert format_table(run_table([one, two]), top=3).splitlines()[0].split()[0] == "campaign"
 
@@ -425,7 +425,7 @@ def test_plots_cope_with_nothing_and_with_few_trials(tmp_path, table):
     failed_only = table[table["state"] == "FAIL"]
     assert plot_history(failed_only, tmp_path / "h.png")[0].is_file()
     assert plot_pareto(failed_only, tmp_path / "p.svg")[0].suffix == ".svg"
-    trials = [t for _, t in load_campaigns([Path(table.iloc[0]["run_dir"])])[0].trials]
+    trials = [t for _, t in read_runs([Path(table.iloc[0]["run_dir"])])[0].trials]
     importances, note = param_importances(trials[:2])
     assert importances == {} and "too few completed trials" in note
     importances, note = param_importances(trials)

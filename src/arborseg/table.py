@@ -54,7 +54,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import html
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ import numpy as np
 import pandas as pd
 
 from arborseg.errors import CampaignError
+from arborseg.runs import RunFolder, TrialFolder, find_run_dirs, load_tree
 
 BASE_COLUMNS = ["campaign", "study", "phase", "trial", "trial_id", "task", "state", "value", "tree_name", "tree_id",
                 "base_tree_name", "base_tree_id", "family", "depth", "width", "window_z", "params",
@@ -78,135 +78,50 @@ _NAME_RE = re.compile(r"-d(?P<depth>\d+)w(?P<width>\d+)z(?P<z>\d+)-")
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "campaign.json"
-    if not path.is_file():
-        raise CampaignError(f"{run_dir}: not a campaign folder (no campaign.json); campaigns live in runs/<name>/")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CampaignError(f"{path}: not valid JSON ({exc})") from None
-
-
-def find_run_dirs(paths: list[str | Path]) -> list[Path]:
-    """Campaign folders named by ``paths``: each a campaign folder or a folder of campaign folders (``runs/``)."""
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if (p / "campaign.json").is_file():
-            found = [p]
-        elif p.is_dir():
-            found = sorted(c for c in p.iterdir() if (c / "campaign.json").is_file())
-        else:
-            found = []
-        if not found:
-            what = "no such folder" if not p.exists() else "no campaign.json in it nor in its subfolders"
-            raise CampaignError(f"{p}: not a campaign folder ({what}); pass runs/<name>/ (or runs/ for all)")
-        out += [f for f in found if f.resolve() not in {o.resolve() for o in out}]
-    return out
-
-
-def _storage_file(url: str) -> Path | None:
-    """The file behind a SQLite or journal storage URL (None for a database server)."""
-    from arborseg.campaign.storage import JOURNAL_SCHEME
-
-    if url.startswith(JOURNAL_SCHEME):
-        return Path(url[len(JOURNAL_SCHEME):])
-    if url.startswith("sqlite:///"):
-        from sqlalchemy.engine import make_url
-
-        db = make_url(url).database
-        return Path(db) if db and not db.startswith(":") else None
-    return None
-
-
-def local_storage_url(manifest: dict[str, Any], run_dir: str | Path) -> str:
-    """The campaign's storage URL; a SQLite or journal file that was copied or moved with its campaign
-    folder is read from the folder itself."""
-    from arborseg.campaign.storage import JOURNAL_SCHEME
-
-    url = manifest["storage_url"]
-    run_dir = Path(run_dir).absolute()
-    path = _storage_file(url)
-    if path is None or path.parent.resolve() == run_dir.resolve() or not (run_dir / path.name).is_file():
-        return url
-    here = run_dir / path.name
-    if url.startswith(JOURNAL_SCHEME):
-        return f"{JOURNAL_SCHEME}{here}"
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(database=str(here)).render_as_string(hide_password=False)
-
-
-def _relocate(path: str | None, recorded_run_dir: str | None, run_dir: Path) -> str | None:
-    """Where ``path`` (recorded below ``recorded_run_dir``) is now: below ``run_dir`` when the campaign folder
-    was copied or moved, else ``path`` itself."""
-    if not path:
-        return path
-    p = Path(path)
-    if recorded_run_dir:
-        try:
-            candidate = run_dir / p.relative_to(recorded_run_dir)
-            if candidate.exists():
-                return str(candidate)
-        except ValueError:
-            pass
-    if p.exists():
-        return path
-    parts = p.parts
-    if "trials" in parts:
-        i = len(parts) - 1 - parts[::-1].index("trials")
-        candidate = run_dir.joinpath(*parts[i:])
-        if candidate.exists():
-            return str(candidate)
-    return path
-
-
 @dataclass
 class CampaignRun:
-    """One campaign folder read back: its manifest and every trial of its studies."""
+    """One campaign folder read back for a table: the folder and every trial of its studies."""
 
-    name: str
-    run_dir: Path
-    manifest: dict[str, Any]
-    storage_url: str
+    folder: RunFolder
     trials: list[tuple[str, Any]] = field(default_factory=list)  # (study name, FrozenTrial)
     label: str = ""  # the campaign column (name, or parent/name when names repeat)
+    storage_url: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.folder.manifest
 
     @property
     def objective(self) -> str:
-        return str(self.manifest.get("objective", "value"))
+        return self.folder.objective
 
     @property
     def direction(self) -> str:
-        return str(self.manifest.get("direction", "maximize"))
+        return self.folder.direction
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "objective": self.objective, "direction": self.direction,
                 "run_dir": str(self.run_dir), "storage_url": self.storage_url, "budget": self.manifest.get("budget")}
 
 
-def load_campaign(run_dir: str | Path) -> CampaignRun:
+def read_run(run_dir: str | Path) -> CampaignRun:
     """Read a campaign folder: manifest, storage, trials (of the studies ``<name>.*``)."""
-    import optuna
-
-    from arborseg.campaign.storage import open_storage
-
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    url = local_storage_url(manifest, run_dir)
-    storage = open_storage(url)
-    trials = []
-    for summary in sorted(optuna.get_all_study_summaries(storage), key=lambda s: s._study_id):
-        if summary.study_name.startswith(f"{manifest['name']}."):
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            trials += [(summary.study_name, t) for t in study.get_trials(deepcopy=False)]
-    return CampaignRun(manifest["name"], run_dir, manifest, url, trials, manifest["name"])
+    folder = RunFolder.open(run_dir)
+    trials = [(study.study_name, t) for study, t in folder.trials()]
+    return CampaignRun(folder, trials, folder.name, folder.storage_url)
 
 
-def load_campaigns(run_dirs: list[str | Path]) -> list[CampaignRun]:
-    """:func:`load_campaign` for every campaign folder named (``runs/`` expands to its campaigns)."""
-    runs = [load_campaign(d) for d in find_run_dirs(list(run_dirs))]
+def read_runs(run_dirs: list[str | Path]) -> list[CampaignRun]:
+    """:func:`read_run` for every campaign folder named (``runs/`` expands to its campaigns)."""
+    runs = [read_run(d) for d in find_run_dirs(list(run_dirs))]
     names = [r.name for r in runs]
     for run in runs:
         if names.count(run.name) > 1:
@@ -221,12 +136,11 @@ def load_campaigns(run_dirs: list[str | Path]) -> list[CampaignRun]:
 # ---------------------------------------------------------------------------------------------- rows
 def _tree_columns(tree_file: str | None) -> tuple[dict[str, Any], set[str]]:
     from arborseg.errors import ArborsegError
-    from arborseg.tree import ModuleTree
 
     if not tree_file or not Path(tree_file).is_file():
         return {}, set()
     try:
-        tree = ModuleTree.load(tree_file)
+        tree = load_tree(tree_file)
     except (ArborsegError, OSError):
         return {}, set()
     row = {"depth": tree.depth, "width": tree.width, "window_z": tree.window[0]}
@@ -243,15 +157,13 @@ def _is_refinable(path: str, structural: set[str], study: str) -> bool:
                                                        ".layers_per_block", ".iterations"))
 
 
-def trial_row(campaign: str, study: str, trial, run_dir: str | Path | None = None,
-              recorded_run_dir: str | None = None) -> dict[str, Any]:
-    """One row of the run table for an Optuna ``trial`` of ``study``."""
+def trial_row(campaign: str, study: str, trial, folder: RunFolder | None = None) -> dict[str, Any]:
+    """One row of the run table for an Optuna ``trial`` of ``study`` (of the campaign folder ``folder``)."""
     attrs = trial.user_attrs
-    here = Path(run_dir) if run_dir is not None else None
     artifact_dir, tree_file = attrs.get("artifact_dir"), attrs.get("tree_file")
-    if here is not None:
-        artifact_dir = _relocate(artifact_dir, recorded_run_dir, here)
-        tree_file = _relocate(tree_file, recorded_run_dir, here)
+    if folder is not None:
+        artifact_dir = folder.locate(artifact_dir)
+        tree_file = folder.locate(tree_file)
     steps_seen = sorted(trial.intermediate_values)
     row: dict[str, Any] = {
         "campaign": campaign, "study": study, "phase": attrs.get("phase") or _phase_of(study), "trial": trial.number,
@@ -265,7 +177,7 @@ def trial_row(campaign: str, study: str, trial, run_dir: str | Path | None = Non
         "duration_s": trial.duration.total_seconds() if trial.duration else math.nan,
         "started": trial.datetime_start,
         "fail_reason": attrs.get("fail_reason"), "prune_reason": attrs.get("prune_reason"),
-        "artifact_dir": artifact_dir, "run_dir": str(here) if here is not None else None,
+        "artifact_dir": artifact_dir, "run_dir": str(folder.path) if folder is not None else None,
     }
     tree_cols, structural = _tree_columns(tree_file)
     if "depth" not in tree_cols and attrs.get("tree_name"):  # no tree file: the name says depth, width and z
@@ -278,12 +190,8 @@ def trial_row(campaign: str, study: str, trial, run_dir: str | Path | None = Non
             row[f"param.{path}"] = value
     metrics = attrs.get("metrics")
     if metrics is None and artifact_dir and trial.state.name == "COMPLETE":
-        path = Path(artifact_dir) / "metrics.json"
-        if path.is_file():
-            try:
-                metrics = json.loads(path.read_text()).get("regions")
-            except (OSError, json.JSONDecodeError):
-                metrics = None
+        record = TrialFolder(Path(artifact_dir)).read_metrics()
+        metrics = record.get("regions") if record is not None else None
     for region, scores in (metrics or {}).items():
         if isinstance(scores, dict):
             row.update({f"{region}.{key}": value for key, value in scores.items()})
@@ -335,12 +243,10 @@ def run_table(run_dirs: list[str | Path], campaigns: list[CampaignRun] | None = 
 
     ``table.attrs["campaigns"]`` maps each value of the campaign column to its objective, direction,
     folder and storage URL (used for sorting, grouping, summaries and plots)."""
-    runs = campaigns if campaigns is not None else load_campaigns(run_dirs)
+    runs = campaigns if campaigns is not None else read_runs(run_dirs)
     rows = []
     for run in runs:
-        path = _storage_file(run.manifest.get("storage_url", ""))
-        recorded = str(path.parent) if path is not None else None
-        rows += [trial_row(run.label, study, t, run.run_dir, recorded) for study, t in run.trials]
+        rows += [trial_row(run.label, study, t, run.folder) for study, t in run.trials]
         if ensembles:
             from arborseg.ensemble.manifest import ensemble_rows
 
@@ -407,7 +313,7 @@ def filter_table(table: pd.DataFrame, where: str | None) -> pd.DataFrame:
     expr = quote_columns(where, table.columns)
     try:
         out = table.query(expr, engine="python")
-    except Exception as exc:  # noqa: BLE001 - any parse/eval problem is the user's expression
+    except Exception as exc:  # any parse/eval problem is the user's expression
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = ""
         name = re.search(r"name '([^']+)' is not defined", detail)
@@ -587,8 +493,8 @@ def _fmt_value(v: Any) -> str:
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
     if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()
-                                             and abs(v) < 1e15):
-        return f"{int(v):,}" if abs(v) >= 10000 else str(int(v))
+                                             and abs(float(v)) < 1e15):
+        return f"{int(v):,}" if abs(int(v)) >= 10000 else str(int(v))
     if isinstance(v, (float, np.floating)):
         return f"{v:.4g}"
     return str(v)
@@ -694,8 +600,9 @@ def write_table(table: pd.DataFrame, out: str | None, fmt: str | None) -> str:
 # ---------------------------------------------------------------------------------------------- status
 def campaign_status(run_dir: str | Path) -> str:
     """Trials by state, the best so far, and what is running."""
-    manifest = read_manifest(run_dir)
-    table = run_table([run_dir])
+    run = read_run(run_dir)
+    manifest = run.manifest
+    table = run_table([], campaigns=[run])
     budget = manifest.get("budget", {})
     planned = budget.get("random_trees", 0) + budget.get("refine_top", 0) * budget.get("refine_trials", 0)
     counts = table["state"].value_counts().to_dict() if not table.empty else {}

@@ -116,19 +116,14 @@ def train_models(tree: ModuleTree, data: ArrayData, settings: TrainSettings, out
 
 
 def load_models(paths: Sequence[str | Path], device: str = "cpu") -> tuple[list[torch.nn.Module], ModuleTree]:
-    """Models saved by :meth:`Trainer.save_model` (``model.pt``), e.g. the best trials of a campaign."""
-    from arborseg.nn import build_network
+    """Models saved by :meth:`Trainer.save_model` (``model.pt``), e.g. the best trials of a campaign, in eval
+    mode on ``device``; the tree is the last model's."""
+    from arborseg.runs import load_model
 
     models, tree = [], None
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise ArborsegError(f"{path}: no such model file (a trial's model.pt)")
-        state = torch.load(path, map_location=device, weights_only=False)
-        tree = ModuleTree.from_dict(state["tree"])
-        model = build_network(tree, len(state["classes"]))
-        model.load_state_dict(state["state_dict"])
-        models.append(model.eval())
+        model, tree, _ = load_model(path, device=device)
+        models.append(model)
     if tree is None:
         raise ArborsegError("no model files given")
     return models, tree
@@ -138,7 +133,7 @@ def load_models(paths: Sequence[str | Path], device: str = "cpu") -> tuple[list[
 def predict_probs(model, raw: np.ndarray, window: Sequence[int], n_classes: int, device: str = "cpu",
                   z_range: tuple[int, int] | None = None) -> np.ndarray:
     """Class probabilities (C, Z, Y, X) of ``raw`` (only slices ``z_range``, with z context, when given)."""
-    from arborseg.inference.tiled import predict_volume
+    from arborseg.inference import predict_volume
 
     z0, z1 = z_range or (0, raw.shape[0])
     halo = int(window[0]) // 2

@@ -38,6 +38,7 @@ from arborseg.bootstrap.strategies import get_strategy
 from arborseg.bootstrap.units import UNIT_KINDS, Unit, labeled_units, make_units, scatter_units, stack_units
 from arborseg.data import Normalizer, write_volume
 from arborseg.errors import ArborsegError
+from arborseg.runs import TREE_FILE, load_tree, save_tree
 from arborseg.log import get_logger
 from arborseg.train.settings import TrainSettings
 from arborseg.tree import ModuleTree
@@ -134,7 +135,7 @@ class BootstrapProject:
         write_volume(folder / "raw.tif", raw)
         write_volume(folder / "labels.tif", labels.astype(np.uint8))
         write_volume(folder / "errors.tif", np.zeros(raw.shape, np.uint8))
-        tree.save(folder / "tree.yaml")
+        save_tree(tree, folder)
         if pseudo_tree is not None:
             pseudo_tree.save(folder / "pseudo_tree.yaml")
             settings.pseudo_tree = "pseudo_tree.yaml"
@@ -171,7 +172,7 @@ class BootstrapProject:
         return np.array(tifffile.imread(self.folder / "errors.tif"))
 
     def tree(self) -> ModuleTree:
-        return ModuleTree.load(self.folder / "tree.yaml")
+        return load_tree(self.folder / TREE_FILE)
 
     def units(self) -> list[Unit]:
         s = self.settings

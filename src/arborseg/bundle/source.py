@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from arborseg.ensemble.manifest import FORMAT as ENSEMBLE_FORMAT
 from arborseg.errors import ArborsegError, BundleError
+from arborseg.runs import ENSEMBLE_FILE, load_model, load_tree
 
-ENSEMBLE_FORMAT = "arborseg-ensemble/1"
 FUSIONS = ("mean", "max", "vote", "weighted")
 
 __all__ = ["MemberSource", "EnsembleSource", "read_ensemble_dir", "load_member_network", "ENSEMBLE_FORMAT"]
@@ -69,7 +70,7 @@ def _need(data: dict, key: str, where: str) -> Any:
 def read_ensemble_dir(path: str | Path) -> EnsembleSource:
     """Parse and check ``path/ensemble.json`` (a folder written by ``arborseg ensemble``)."""
     root = Path(path).expanduser()
-    spec = root / "ensemble.json"
+    spec = root / ENSEMBLE_FILE
     if not root.is_dir():
         raise BundleError(f"{root}: not a folder; give the ensemble folder written by `arborseg ensemble`")
     if not spec.is_file():
@@ -126,31 +127,15 @@ def _member(m: Any, i: int, root: Path, spec: Path) -> MemberSource:
 
 
 def load_member_network(member: MemberSource, n_classes: int):
-    """The member's network (eval mode, CPU) with its trained weights, checked against the ensemble."""
-    import torch
-
-    from arborseg.nn.builder import build_network
-    from arborseg.tree import ModuleTree
-
+    """The member's network (eval mode, CPU) built from its tree file with its trained weights, checked
+    against the ensemble."""
     try:
-        tree = ModuleTree.load(member.tree_path)
+        tree = load_tree(member.tree_path)
+        net, _, saved = load_model(member.model_path, tree=tree)
     except ArborsegError as exc:
         raise BundleError(f"member {member.key}: {exc}") from None
-    try:
-        state = torch.load(member.model_path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise BundleError(f"member {member.key}: {member.model_path} is not a readable model.pt ({exc})") from None
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise BundleError(f"member {member.key}: {member.model_path} has no 'state_dict'; expected a model.pt "
-                          "written by arborseg train")
-    classes = state.get("classes")
+    classes = saved.get("classes")
     if classes is not None and len(classes) != n_classes:
         raise BundleError(f"member {member.key}: trained for {len(classes)} classes {classes}, the ensemble has "
                           f"{n_classes}")
-    net = build_network(tree, n_classes)
-    try:
-        net.load_state_dict(state["state_dict"])
-    except RuntimeError as exc:
-        raise BundleError(f"member {member.key}: the weights in {member.model_path} do not fit the tree "
-                          f"{member.tree_path} ({str(exc).splitlines()[0]})") from None
-    return net.eval()
+    return net

@@ -1,7 +1,7 @@
 """Ensembles of a campaign's best trees: ``arborseg ensemble RUN_DIR --top K --seeds M``.
 
 The modules, in the order the work flows: :mod:`.select` (the K best distinct trees of a campaign),
-:mod:`.members` (tree x seed members trained as submitit jobs, resumable), :mod:`.fusion` (mean, max,
+:mod:`.members` (tree x seed members trained as submitit jobs, resumable), :mod:`arborseg.inference.fusion` (mean, max,
 vote, fitted weights), :mod:`.greedy` (greedy forward selection with replacement), :mod:`.objective`
 (fast objective, per-slice scores), :mod:`.bootstrap` (gain over the best member with intervals),
 :mod:`.manifest` (``ensemble.json``, the format ``arborseg export`` reads) and :mod:`.build` (the whole).

@@ -10,6 +10,7 @@ same command trains nothing that is finished and recomputes the choice.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -20,16 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from arborseg import runs
 from arborseg.ensemble.bootstrap import gain_metrics, region_gain
-from arborseg.ensemble.fusion import FUSIONS, _argmax, fuse_weighted
 from arborseg.ensemble.greedy import Selection, choose_members
 from arborseg.ensemble.manifest import FORMAT, write_manifest
-from arborseg.ensemble.members import (PROB_REGIONS, MemberSpec, is_finished, load_probs, predict_member,
-                                       run_members)
+from arborseg.ensemble.members import PROB_REGIONS, MemberSpec, load_probs, predict_member, run_members
 from arborseg.ensemble.objective import Scoring, better, objective_score
 from arborseg.ensemble.select import TreeChoice, open_campaign, top_trees
 from arborseg.errors import ArborsegError, CampaignError
+from arborseg.inference.fusion import FUSIONS, fuse, labels_of
 from arborseg.log import get_logger
+from arborseg.runs import TrialFolder
+from arborseg.train.result import ResultState
 
 log = get_logger(__name__)
 
@@ -87,12 +90,12 @@ def plan_members(trees: list[TreeChoice], seeds: list[int], ensemble_dir: Path, 
     specs = []
     for tree in trees:
         for seed in seeds:
-            out = ensemble_dir / "members" / f"{tree.tree_id[:10]}-s{seed}"
-            out.mkdir(parents=True, exist_ok=True)
-            if not (out / "tree.yaml").is_file():
-                shutil.copyfile(tree.tree_file, out / "tree.yaml")
-            same = reuse and tree.seed == seed and tree.steps == steps and is_finished(tree.artifact_dir)
-            specs.append(MemberSpec(tree.tree_id, tree.tree_name, tree.family, seed, out / "tree.yaml", out,
+            out = TrialFolder(runs.member_dir(ensemble_dir, tree.tree_id, seed))
+            out.path.mkdir(parents=True, exist_ok=True)
+            if not out.tree_path.is_file():
+                shutil.copyfile(tree.tree_file, out.tree_path)
+            same = reuse and tree.seed == seed and tree.steps == steps and TrialFolder(tree.artifact_dir).is_finished()
+            specs.append(MemberSpec(tree.tree_id, tree.tree_name, tree.family, seed, out.tree_path, out.path,
                                     tree.trial_id, tree.artifact_dir if same else None))
     return specs
 
@@ -116,7 +119,7 @@ def build_ensemble(run_dir: str | Path, settings: EnsembleSettings | None = None
     if "validation" not in data.regions:
         raise CampaignError(f"{ctx.run_dir}: the data has no validation region to choose the ensemble on; "
                             "add regions.validation to the data YAML")
-    ensemble_dir = ctx.run_dir / "ensembles" / settings.ensemble_name
+    ensemble_dir = runs.ensemble_dir(ctx.run_dir, settings.ensemble_name)
     trees = top_trees(ctx, settings.top)
     train = ctx.config.train_settings
     steps = settings.steps or int(ctx.config.budget["steps"])
@@ -128,8 +131,9 @@ def build_ensemble(run_dir: str | Path, settings: EnsembleSettings | None = None
 
     kind = settings.executor or ctx.config.executor["kind"]
     options = {k: v for k, v in ctx.config.executor.items() if k != "kind"}
-    states = run_members(specs, ctx.data_arg, train_dict, kind, options, ensemble_dir / "jobs", settings.progress)
-    done = [s for s in specs if states.get(s.key, {}).get("state") == "COMPLETE"]
+    states = run_members(specs, ctx.data_arg, train_dict, kind, options, ensemble_dir / runs.JOBS_DIR,
+                         settings.progress)
+    done = [s for s in specs if states.get(s.key, {}).get("state") == ResultState.COMPLETE]
     if not done:
         reasons = "; ".join(f"{s.key}: {states.get(s.key, {}).get('reason', '?')}" for s in specs[:3])
         raise ArborsegError(f"no member of ensemble {settings.ensemble_name} trained ({reasons}); fix the cause and "
@@ -149,7 +153,7 @@ def build_ensemble(run_dir: str | Path, settings: EnsembleSettings | None = None
                          ensemble_dir, steps, train_dict)
     write_manifest(ensemble_dir, manifest)
     log.info("ensemble %s: %s fusion of %d member(s), %s=%.4f on validation; written to %s", settings.ensemble_name,
-             chosen.fusion, len(chosen.chosen), objective, chosen.value, ensemble_dir / "ensemble.json")
+             chosen.fusion, len(chosen.chosen), objective, chosen.value, ensemble_dir / runs.ENSEMBLE_FILE)
     return EnsembleResult(ensemble_dir, manifest, selections)
 
 
@@ -158,7 +162,7 @@ def choose_on_validation(done: list[MemberSpec], data, scoring: Scoring, objecti
     """Order the members best first by their own validation objective; choose members for each fusion rule."""
     labels = data.read_labels("validation")
     probs = np.stack([load_probs(s.out_dir, "validation") for s in done])
-    single = [objective_score(_argmax(p), labels, objective, scoring) for p in probs]
+    single = [objective_score(labels_of(p), labels, objective, scoring) for p in probs]
     order = sorted(range(len(done)), key=lambda i: _rank(single[i], direction))
     done, probs = [done[i] for i in order], probs[order]
 
@@ -186,9 +190,9 @@ def score_regions(done: list[MemberSpec], chosen: Selection, data, scoring: Scor
     for region in regions:
         labels = data.read_labels(region)
         probs = np.stack([load_probs(s.out_dir, region) for s in done])
-        _, ens_pred = fuse_weighted(probs, chosen.fusion, chosen.weights)
+        ens_pred = fuse(probs, chosen.fusion, weights=chosen.weights).labels
         ens_scores[region] = scoring.score(ens_pred, labels)
-        preds = [_argmax(p) for p in probs]
+        preds = [labels_of(p) for p in probs]
         del probs
         for i, pred in enumerate(preds):
             member_scores[i][region] = scoring.score(pred, labels)
@@ -210,26 +214,22 @@ def _ensure_probs(done: list[MemberSpec], data, regions: list[str], train, progr
     missing = [s for s in done if any(not (s.out_dir / "probs" / f"{r}.npy").is_file() for r in regions)]
     for spec in tqdm(missing, desc="predict", unit="member", disable=not progress or not missing):
         todo = [r for r in regions if not (spec.out_dir / "probs" / f"{r}.npy").is_file()]
-        predict_member(spec.out_dir / "model.pt", data, todo, train, spec.out_dir)
+        predict_member(TrialFolder(spec.out_dir).model_path, data, todo, train, spec.out_dir)
 
 
 def _member_entry(spec: MemberSpec, ensemble_dir: Path, weight: float, scores: dict | None,
                   state: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    from arborseg.tree import ModuleTree
-
-    tree = ModuleTree.load(spec.out_dir / "tree.yaml")
+    folder = TrialFolder(spec.out_dir)
+    tree = folder.load_tree()
     params = None
-    if (spec.out_dir / "metrics.json").is_file():
-        params = json.loads((spec.out_dir / "metrics.json").read_text()).get("params")
+    if folder.metrics_path.is_file():
+        params = json.loads(folder.metrics_path.read_text()).get("params")
     entry = {"key": spec.key, "tree_id": spec.tree_id, "tree_name": spec.tree_name, "family": spec.family,
-             "seed": spec.seed, "tree": (spec.out_dir / "tree.yaml").relative_to(ensemble_dir).as_posix(),
-             "model": (spec.out_dir / "model.pt").relative_to(ensemble_dir).as_posix()
-             if (spec.out_dir / "model.pt").is_file() else None,
+             "seed": spec.seed, "tree": folder.tree_path.relative_to(ensemble_dir).as_posix(),
+             "model": folder.model_path.relative_to(ensemble_dir).as_posix() if folder.model_path.is_file() else None,
              "window": list(tree.window), "weight": float(weight), "scores": scores or {}, "params": params,
              "trial_id": spec.trial_id}
-    if state.get("state") != "COMPLETE" or "reused_from" in state:
+    if state.get("state") != ResultState.COMPLETE or "reused_from" in state:
         entry.update({k: v for k, v in state.items() if k in ("reason", "reused_from")})
     return entry
 
@@ -242,11 +242,12 @@ def _manifest(ctx, settings, specs, states, done, chosen, selections, ens_scores
     index = {s.key: i for i, s in enumerate(done)}
     candidates, members = [], []
     for spec in specs:
-        state = states.get(spec.key, {"state": "FAIL", "reason": "not run"})
+        state = states.get(spec.key, {"state": ResultState.FAIL, "reason": "not run"})
         i = index.get(spec.key)
         weight = float(chosen.weights[i]) if i is not None else 0.0
         entry = _member_entry(spec, ensemble_dir, weight, member_scores[i] if i is not None else None, state)
-        candidates.append({**entry, "state": "COMPLETE" if i is not None else state.get("state", "FAIL")})
+        candidates.append({**entry, "state": ResultState.COMPLETE if i is not None
+                           else state.get("state", ResultState.FAIL)})
         if weight > 0:
             members.append(entry)
     members.sort(key=lambda e: -e["weight"])

@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from arborseg.ensemble.fusion import _argmax, fit_weights, fuse_weighted
 from arborseg.ensemble.objective import better
+from arborseg.inference.fusion import fit_weights, fuse, labels_of
 
 Score = Callable[[np.ndarray], float]  # class map of the validation region -> objective value
 
@@ -48,10 +48,10 @@ def greedy_select(member_probs: np.ndarray, score: Score, direction: str, fusion
 
     def value_with(i: int) -> float:
         if running is not None:  # weighted mean = running sum / picks, no need to fuse from scratch
-            return score(_argmax((running + member_probs[i]) / (counts.sum() + 1)))
+            return score(labels_of((running + member_probs[i]) / (counts.sum() + 1)))
         trial = counts.copy()
         trial[i] += 1
-        return score(fuse_weighted(member_probs, fusion, trial)[1])
+        return score(fuse(member_probs, fusion, weights=trial).labels)
 
     history: list[float] = []
     picks: list[int] = []
@@ -78,7 +78,7 @@ def select_all(member_probs: np.ndarray, score: Score, fusion: str = "mean") -> 
     """Every member with equal weight."""
     m = member_probs.shape[0]
     weights = np.ones(m) / m
-    value = score(fuse_weighted(member_probs, fusion, weights)[1])
+    value = score(fuse(member_probs, fusion, weights=weights).labels)
     return Selection(fusion, weights, float(value), [float(value)], np.ones(m, np.int64))
 
 
@@ -89,7 +89,7 @@ def choose_members(member_probs: np.ndarray, labels: np.ndarray, score: Score, d
 
     ``mean``/``max``/``vote``: greedy selection (or all members). ``weighted``: the members the selection
     picks (greedy with mean fusion, or all), then weights refitted on them by
-    :func:`arborseg.ensemble.fusion.fit_weights` starting from the selection's weights.
+    :func:`arborseg.inference.fusion.fit_weights` starting from the selection's weights.
     """
     base = "mean" if fusion == "weighted" else fusion
     sel = greedy_select(member_probs, score, direction, base, rounds) if selection == "greedy" \
@@ -99,5 +99,5 @@ def choose_members(member_probs: np.ndarray, labels: np.ndarray, score: Score, d
     pool = sel.chosen
     fitted = np.zeros(member_probs.shape[0])
     fitted[pool] = fit_weights(member_probs[pool], labels, ignore_value, init=sel.weights[pool])
-    value = score(fuse_weighted(member_probs, "weighted", fitted)[1])
+    value = score(fuse(member_probs, "weighted", weights=fitted).labels)
     return Selection("weighted", fitted, float(value), sel.history, sel.counts)

@@ -20,7 +20,7 @@ field names do not change within a format version. Paths inside are relative to 
 
 Fusion of the members' probabilities p_i with weights w_i (they sum to 1): ``mean`` and ``weighted``:
 sum_i w_i p_i; ``max``: class-wise max over the members, renormalised; ``vote``: weighted argmax votes
-(see :mod:`arborseg.ensemble.fusion`).
+(see :mod:`arborseg.inference.fusion`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from arborseg.errors import ArborsegError
+from arborseg.runs import ENSEMBLE_FILE as FILE
+from arborseg.runs import ensemble_dirs
 
 FORMAT = "arborseg-ensemble/1"
-FILE = "ensemble.json"
+__all__ = ["FILE", "FORMAT", "ensemble_dirs", "ensemble_rows", "read_manifest", "write_manifest"]
 
 
 def write_manifest(ensemble_dir: Path, manifest: dict[str, Any]) -> Path:
@@ -58,12 +60,6 @@ def read_manifest(ensemble_dir: str | Path) -> dict[str, Any]:
         raise ArborsegError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}; rebuild it with this "
                             "version of arborseg")
     return manifest
-
-
-def ensemble_dirs(run_dir: str | Path) -> list[Path]:
-    """The ensemble folders of a campaign folder (``RUN_DIR/ensembles/*/ensemble.json``), by name."""
-    root = Path(run_dir) / "ensembles"
-    return sorted(p.parent for p in root.glob(f"*/{FILE}")) if root.is_dir() else []
 
 
 def ensemble_rows(run_dir: str | Path, campaign: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from arborseg.errors import CampaignError
 from arborseg.log import get_logger
+from arborseg.runs import RunFolder, TrialFolder
 
 log = get_logger(__name__)
 
@@ -40,30 +41,14 @@ class CampaignContext:
 
     @property
     def data_arg(self) -> Any:
-        """What a job needs to load the data: a data YAML path, or (mapping, base folder) for inline data."""
-        spec = self.config.data_spec
-        return spec if isinstance(spec, str) else (spec, str(self.config.source.parent))
+        """What a job needs to load the data (:attr:`arborseg.campaign.config.CampaignConfig.job_data`)."""
+        return self.config.job_data
 
 
 def open_campaign(run_dir: str | Path) -> CampaignContext:
     """Read ``run_dir/campaign.json`` and the campaign YAML it names (or the copy kept in the folder)."""
-    from arborseg.campaign.config import load_campaign
-    from arborseg.table import read_manifest
-
-    run_dir = Path(run_dir).resolve()
-    manifest = read_manifest(run_dir)
-    candidates = [Path(p) for p in (manifest.get("campaign_file"),) if p] + [run_dir / "campaign.yaml"]
-    last: CampaignError | None = None
-    for path in candidates:
-        if path.is_file():
-            try:
-                return CampaignContext(run_dir, manifest, load_campaign(path))
-            except CampaignError as exc:
-                last = exc
-                log.debug("cannot read %s: %s", path, exc)
-    reason = f" ({last})" if last is not None else ""
-    raise CampaignError(f"{run_dir}: cannot read the campaign configuration from {', '.join(map(str, candidates))}"
-                        f"{reason}; restore the campaign YAML (its data and space files must be where it says)")
+    folder = RunFolder.open(Path(run_dir).resolve())
+    return CampaignContext(folder.path, folder.manifest, folder.load_config())
 
 
 @dataclass(frozen=True)
@@ -84,11 +69,11 @@ class TreeChoice:
 def top_trees(ctx: CampaignContext, k: int) -> list[TreeChoice]:
     """The ``k`` best distinct trees (by tree id) of the campaign's COMPLETE trials, by the objective on
     validation in the campaign's direction. Fewer if the campaign has fewer; an error if it has none."""
-    from arborseg.table import load_campaign, run_table
+    from arborseg.table import read_run, run_table
 
     if k < 1:
         raise CampaignError(f"--top {k}: give at least 1 tree")
-    table = run_table([], campaigns=[load_campaign(ctx.run_dir)])
+    table = run_table([], campaigns=[read_run(ctx.run_dir)])
     if table.empty or "state" not in table:
         raise CampaignError(f"{ctx.run_dir}: the campaign has no trials yet; run `arborseg search` first")
     done = table[(table["state"] == "COMPLETE") & table["value"].notna()]
@@ -98,7 +83,7 @@ def top_trees(ctx: CampaignContext, k: int) -> list[TreeChoice]:
         if row["tree_id"] in {c.tree_id for c in out}:
             continue
         folder = Path(str(row["artifact_dir"]))
-        tree_file = folder / "tree.yaml"
+        tree_file = TrialFolder(folder).tree_path
         if not tree_file.is_file():
             log.warning("trial %s (%s): no tree file in %s; skipped", row["trial_id"], row["tree_name"], folder)
             continue

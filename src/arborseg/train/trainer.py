@@ -13,15 +13,17 @@ import random
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
+from arborseg import runs
 from arborseg.device import autocast, is_out_of_memory, resolve_device
 from arborseg.errors import ArborsegError, TrainingError
 from arborseg.log import get_logger
 from arborseg.metrics import minimise
+from arborseg.train.result import NullReporter, Reporter, TrialPruned
 from arborseg.train.settings import EVAL_REGIONS, TrainSettings
 from arborseg.train.losses import class_weights, error_weight_map, segmentation_loss
 from arborseg.nn import build_network, check_window, count_flops, count_parameters
@@ -29,20 +31,6 @@ from arborseg.space.catalog import TRAINING_PARAMS
 from arborseg.tree import ModuleTree
 
 log = get_logger(__name__)
-
-
-class TrialPruned(ArborsegError):
-    """Raised when the pruner stops a trial early (the campaign records it as PRUNED)."""
-
-
-class Reporter(Protocol):
-    def report(self, step: int, value: float) -> bool:
-        """Record an intermediate validation value; return True when the trial should stop."""
-
-
-class NullReporter:
-    def report(self, step: int, value: float) -> bool:
-        return False
 
 
 def training_values(tree: ModuleTree, overrides: dict | None = None) -> dict[str, Any]:
@@ -129,7 +117,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / "checkpoint.pt"
+        return self.out / runs.CHECKPOINT_FILE
 
     def save_checkpoint(self) -> None:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -228,7 +216,7 @@ class Trainer:
 
     def predict_region(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(raw, labels, predicted probabilities (C, Z, Y, X)) of a region."""
-        from arborseg.inference.tiled import predict_volume
+        from arborseg.inference import predict_volume
 
         raw, labels = self._region(name)
         self.model.eval()
@@ -271,17 +259,15 @@ class Trainer:
             if self.settings.overlays and name != "validation":
                 raw, labels = self._region(name)
                 z = raw.shape[0] // 2
-                error_overlay(raw[z], pred[z], labels[z], self.out / "overlays" / f"{name}_z{z}.png",
+                error_overlay(raw[z], pred[z], labels[z], self.out / runs.OVERLAYS_DIR / f"{name}_z{z}.png",
                               title=f"{self.tree.name} {name} z={z}", background=self.data.background_class,
                               ignore_value=self.data.ignore_value)
         return results
 
     def save_model(self) -> Path:
-        path = self.out / "model.pt"
-        torch.save({"state_dict": self.model.state_dict(), "tree": self.tree.to_dict(),
-                    "classes": list(self.data.classes), "window": list(self.window),
-                    "normalizer": self.data.normalizer().to_dict()}, path)
-        return path
+        """Write ``model.pt`` (:func:`arborseg.runs.save_model`); return its path."""
+        return runs.save_model(self.out, self.model.state_dict(), self.tree, list(self.data.classes), self.window,
+                               self.data.normalizer().to_dict())
 
 
 def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: str | Path,
@@ -294,7 +280,7 @@ def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: st
     trainer.fit()
     trainer.save_model()
     regions = trainer.evaluate()
-    learning_curve(trainer.history, trainer.out / "learning_curve.png", settings.objective)
+    learning_curve(trainer.history, trainer.out / runs.LEARNING_CURVE_FILE, settings.objective)
     validation = regions.get("validation", {})
     result = {
         "tree_id": tree.id, "tree_name": tree.name, "family": tree.family, "depth": tree.depth,
@@ -305,9 +291,9 @@ def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: st
         "objective": settings.objective, "objective_value": validation.get(settings.objective),
         "training": trainer.values, "settings": asdict(settings), "regions": regions,
     }
-    (trainer.out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
-    (trainer.out / "history.json").write_text(json.dumps(trainer.history))
-    tree.save(trainer.out / "tree.yaml")
+    (trainer.out / runs.METRICS_FILE).write_text(json.dumps(result, indent=1, default=_json_default))
+    (trainer.out / runs.HISTORY_FILE).write_text(json.dumps(trainer.history))
+    runs.save_tree(tree, trainer.out)
     return result
 
 

@@ -561,10 +561,10 @@ def make_plots(table: pd.DataFrame, out_dir: str | Path, campaigns: list | None 
         out["fn_curves"] = plot_fn_curves(table, out_dir / "fn_curves", formats, top=top)
     if "importance" in which:
         if campaigns is None:
-            from arborseg.table import load_campaigns
+            from arborseg.table import read_runs
 
             dirs = [i["run_dir"] for i in campaign_infos(table).values() if i.get("run_dir")]
-            campaigns = load_campaigns(dirs) if dirs else []
+            campaigns = read_runs(dirs) if dirs else []
         out["importance"] = plot_importance(campaigns, out_dir / "importance", formats, evaluator=evaluator)
     if "near_far" in which:
         out["near_far"] = plot_near_far(table, out_dir / "near_far", formats)

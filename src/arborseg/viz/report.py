@@ -25,7 +25,8 @@ from typing import Any
 import pandas as pd
 
 from arborseg.log import get_logger
-from arborseg.table import (CampaignRun, campaign_summary, filter_table, group_table, load_campaigns, run_table,
+from arborseg.runs import TrialFolder
+from arborseg.table import (CampaignRun, campaign_summary, filter_table, group_table, read_runs, run_table,
                             sort_table, to_html_table)
 
 log = get_logger(__name__)
@@ -173,10 +174,10 @@ def _copy_trial_pictures(row: pd.Series, out: Path, slug: str) -> tuple[list[Pat
     folder = row.get("artifact_dir")
     if not isinstance(folder, str) or not Path(folder).is_dir():
         return [], None
-    folder = Path(folder)
+    trial = TrialFolder(Path(folder))
     dest = out / "trials" / slug
     overlays = []
-    found = sorted((folder / "overlays").glob("*.png")) if (folder / "overlays").is_dir() else []
+    found = trial.overlays()
     regions = ("validation", "eval_near", "eval_far")
     found.sort(key=lambda p: (next((i for i, r in enumerate(regions) if p.stem.startswith(r)), len(regions)), p.stem))
     for src in found:
@@ -185,23 +186,22 @@ def _copy_trial_pictures(row: pd.Series, out: Path, slug: str) -> tuple[list[Pat
         shutil.copyfile(src, target)
         overlays.append(target)
     curve = None
-    if (folder / "learning_curve.png").is_file():
-        curve = dest / "learning_curve.png"
+    if trial.learning_curve_path.is_file():
+        curve = dest / trial.learning_curve_path.name
         curve.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / "learning_curve.png", curve)
+        shutil.copyfile(trial.learning_curve_path, curve)
     return overlays, curve
 
 
 def _tree_picture(row: pd.Series, out: Path, slug: str) -> Path | None:
     from arborseg.errors import ArborsegError
-    from arborseg.tree import ModuleTree
     from arborseg.viz.treeplot import draw_tree
 
     folder = row.get("artifact_dir")
-    if not isinstance(folder, str) or not (Path(folder) / "tree.yaml").is_file():
+    if not isinstance(folder, str) or not TrialFolder(Path(folder)).tree_path.is_file():
         return None
     try:
-        tree = ModuleTree.load(Path(folder) / "tree.yaml")
+        tree = TrialFolder(Path(folder)).load_tree()
         path = out / "trees" / f"{slug}.png"
         draw_tree(tree, path)
         return path
@@ -297,7 +297,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, top: int = 5, 
     for sub in ("plots", "trees", "trials"):
         if (out / sub).is_dir():
             shutil.rmtree(out / sub)
-    runs = campaigns if campaigns is not None else load_campaigns(run_dirs)
+    runs = campaigns if campaigns is not None else read_runs(run_dirs)
     table = filter_table(run_table([], campaigns=runs), where)
     table.to_csv(out / "runs.csv", index=False)
     summary = campaign_summary(table)
