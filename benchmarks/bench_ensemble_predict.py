@@ -65,10 +65,13 @@ def setup(tmp: Path, shape, tree_seeds) -> dict:
     from arborseg.bundle import export_bundle
     from arborseg.data import make_em_volume
     from arborseg.nn.builder import build_network
+    from arborseg.runs import ENSEMBLE_FILE, MODEL_FILE, TREE_FILE, save_model, save_tree
     from arborseg.space import load_space
 
     raw, _ = make_em_volume(tuple(shape), seed=0)
     tifffile.imwrite(tmp / "raw.tif", np.asarray(raw))
+    normalizer = {"mode": "percentile",
+                  "stats": {"lo": float(np.percentile(raw, 1)), "hi": float(np.percentile(raw, 99))}}
     space = load_space(ROOT / "search_spaces" / "quickstart.yaml")
     ens = tmp / "ensemble"
     members = []
@@ -78,19 +81,17 @@ def setup(tmp: Path, shape, tree_seeds) -> dict:
         net = build_network(tree, 3)
         folder = ens / f"m{i}"
         folder.mkdir(parents=True)
-        tree.save(folder / "tree.yaml")
-        torch.save({"state_dict": net.state_dict(), "tree": tree.to_dict(), "classes": ["a", "b", "c"],
-                    "window": list(tree.window)}, folder / "model.pt")
+        save_tree(tree, folder)
+        save_model(folder, net.state_dict(), tree, ["a", "b", "c"], tree.window, normalizer)
         members.append({"key": f"m{i}-{tree.name}", "tree_id": tree.id, "tree_name": tree.name,
-                        "family": tree.family, "seed": i, "tree": f"m{i}/tree.yaml", "model": f"m{i}/model.pt",
+                        "family": tree.family, "seed": i, "tree": f"m{i}/{TREE_FILE}", "model": f"m{i}/{MODEL_FILE}",
                         "window": list(tree.window), "weight": WEIGHTS[i % len(WEIGHTS)]})
     spec = {"format": "arborseg-ensemble/1", "name": "bench", "classes": ["a", "b", "c"], "voxel_size": None,
-            "normalizer": {"mode": "percentile", "stats": {"lo": float(np.percentile(raw, 1)),
-                                                          "hi": float(np.percentile(raw, 99))}},
+            "normalizer": normalizer,
             "fusion": "weighted", "members": members, "scores": {}}
     bundles = {}
     for name, chosen in [("ensemble", members)] + [(f"single{i}", [m]) for i, m in enumerate(members)]:
-        (ens / "ensemble.json").write_text(json.dumps({**spec, "members": chosen}))
+        (ens / ENSEMBLE_FILE).write_text(json.dumps({**spec, "members": chosen}))
         export_bundle(ens, tmp / "bundles" / name, onnx=False, bioimageio=False, make_zip=False, progress=False)
         bundles[name] = str(tmp / "bundles" / name)
     return {"bundles": bundles, "members": members}
@@ -128,7 +129,8 @@ def fuse_pass(stores, out: Path, tmp: Path) -> None:
     import zarr
 
     from arborseg.bundle import load_bundle
-    from arborseg.inference.blockwise import _create_array, fuse
+    from arborseg.inference import fuse
+    from arborseg.inference.store import create_array
 
     weights = load_bundle(tmp / "bundles" / "ensemble").weights
     groups = [zarr.open_group(str(s), mode="r") for s in stores]
@@ -138,8 +140,8 @@ def fuse_pass(stores, out: Path, tmp: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     root = zarr.open_group(str(out), mode="w")
     chunks = tuple(probs[0].chunks[1:])
-    labels = _create_array(root, "labels", shape, np.uint8, chunks)
-    fused = _create_array(root, "probs", (c, *shape), np.float16, (1, *chunks))
+    labels = create_array(root, "labels", shape, np.uint8, chunks)
+    fused = create_array(root, "probs", (c, *shape), np.float16, (1, *chunks))
     for z0 in range(0, shape[0], step):
         sl = slice(z0, min(shape[0], z0 + step))
         member = np.stack([np.asarray(p[:, sl], dtype=np.float32) for p in probs])

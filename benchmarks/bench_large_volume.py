@@ -67,7 +67,7 @@ def worker(src: str, out: str, cap: float, batch: int) -> dict:
     import torch
 
     from arborseg.data.volumes import open_volume
-    from arborseg.inference.blockwise import predict_to_store
+    from arborseg.inference import PredictOptions, predict_to_store
 
     torch.set_num_threads(os.cpu_count() or 1)
     vol = open_volume(src)
@@ -78,9 +78,9 @@ def worker(src: str, out: str, cap: float, batch: int) -> dict:
 
     base = _rss()
     t0 = time.perf_counter()
-    result = predict_to_store(net, vol, out, WINDOW, N_CLASSES, overlap=0.25, batch_size=batch,
-                              normalizer=normalizer, write_probs=True, uncertainty="entropy",
-                              memory_budget_mb=cap, progress=False, overwrite=True)
+    result = predict_to_store(net, vol, out, PredictOptions(
+        WINDOW, N_CLASSES, overlap=0.25, batch_size=batch, normalizer=normalizer, write_probs=True,
+        uncertainty="entropy", memory_budget_mb=cap, progress=False, overwrite=True))
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"cap": cap, "seconds": seconds, "base_mb": base / 2**20, "peak_mb": peak / 2**20,

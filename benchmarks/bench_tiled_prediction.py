@@ -89,18 +89,19 @@ def worker(method: str, shape: tuple[int, int, int], batch: int, save: str | Non
                                                sigma_scale=0.125)
                 return out[0].numpy()
     elif method == "arborseg → zarr":
-        from arborseg.inference.blockwise import predict_to_store
+        from arborseg.inference import PredictOptions, predict_to_store
 
         tmp = tempfile.mkdtemp(prefix="bench-zarr-")
 
         def run():
-            res = predict_to_store(net, vol, Path(tmp) / "out.zarr", window, 2, overlap=0.25, blending="gaussian",
-                                   batch_size=batch, write_probs=True, progress=False, overwrite=True)
+            res = predict_to_store(net, vol, Path(tmp) / "out.zarr", PredictOptions(
+                window, 2, overlap=0.25, blending="gaussian", batch_size=batch, write_probs=True, progress=False,
+                overwrite=True))
             import zarr
 
             return zarr.open_group(res["path"], mode="r")["probs"] if save else None
     else:
-        from arborseg.inference.tiled import predict_volume
+        from arborseg.inference import predict_volume
 
         options = {"arborseg": {}, "arborseg, no slice reuse": {"reuse_slices": False},
                    "arborseg, per tile NCDHW": {"reuse_slices": False, "channels_last": False}}[method]
@@ -123,9 +124,9 @@ def worker(method: str, shape: tuple[int, int, int], batch: int, save: str | Non
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if save:
         np.save(save, np.asarray(out[...], dtype=np.float32))
-    from arborseg.inference.tiled import _z_separable
+    from arborseg.inference import is_z_separable
 
-    separable = _z_separable([net.eval()], window, torch.device("cpu"), False, [False])
+    separable = is_z_separable([net.eval()], window, torch.device("cpu"), False, [False])
     return {"method": method, "seconds": seconds, "peak_mb": peak / 2**20, "increase_mb": (peak - base) / 2**20,
             "base_mb": base / 2**20, "window": window, "params": count_parameters(net), "tree": tree.name,
             "separable": separable, "choices": {k: v for k, v in dict(tree.choices).items() if k.startswith("defaults")}}

@@ -10,16 +10,17 @@ import torch
 
 zarr = pytest.importorskip("zarr")
 
-from arborseg.errors import DataError  # noqa: E402
-from arborseg.inference.blockwise import (  # noqa: E402
+from arborseg.errors import DataError
+from arborseg.inference import (
+    PredictOptions,
     ZarrMerger,
     activation_bytes,
     choose_block,
     estimate_memory,
     fuse,
     predict_to_store,
+    predict_volume,
 )
-from arborseg.inference.tiled import predict_volume  # noqa: E402
 
 WINDOW = (4, 16, 16)
 
@@ -58,8 +59,8 @@ def assert_labels_match(labels, ref_probs, margin=1e-5):
 
 def store(tmp_path, models, volume, name="out.zarr", **kwargs):
     kwargs.setdefault("progress", False)
-    result = predict_to_store(models, volume, tmp_path / name, kwargs.pop("window", WINDOW),
-                              kwargs.pop("n_classes", 3), **kwargs)
+    options = PredictOptions(window=kwargs.pop("window", WINDOW), n_classes=kwargs.pop("n_classes", 3), **kwargs)
+    result = predict_to_store(models, volume, tmp_path / name, options)
     return result, zarr.open_group(result["path"], mode="r")
 
 
@@ -314,7 +315,7 @@ def test_bad_arguments(tmp_path, vol):
     with pytest.raises(DataError, match="uncertainty"):
         store(tmp_path, net, vol, uncertainty="variance")
     with pytest.raises(DataError, match=".zarr"):
-        predict_to_store(net, vol, tmp_path / "out.h5", WINDOW, 3, progress=False)
+        predict_to_store(net, vol, tmp_path / "out.h5", PredictOptions(WINDOW, 3, progress=False))
     store(tmp_path, net, vol[:4, :20, :20])
     with pytest.raises(DataError, match="already exists"):
         store(tmp_path, net, vol[:4, :20, :20])
@@ -341,23 +342,23 @@ def slice_net(n_classes: int = 3, norm: torch.nn.Module | None = None) -> torch.
 
 
 def test_z_separability_is_detected_by_behaviour():
-    from arborseg.inference.tiled import _z_separable
+    from arborseg.inference import is_z_separable
 
     cpu = torch.device("cpu")
-    assert _z_separable([slice_net().eval()], WINDOW, cpu, False, [False])
-    assert _z_separable([slice_net(norm=torch.nn.BatchNorm3d(4)).eval()], WINDOW, cpu, False, [True])
-    assert not _z_separable([tiny_net().eval()], WINDOW, cpu, False, [False])  # 3x3x3 kernels
-    assert not _z_separable([slice_net(norm=torch.nn.InstanceNorm3d(4)).eval()], WINDOW, cpu, False, [False])
-    assert not _z_separable([slice_net(norm=torch.nn.GroupNorm(2, 4)).eval()], WINDOW, cpu, False, [False])
+    assert is_z_separable([slice_net().eval()], WINDOW, cpu, False, [False])
+    assert is_z_separable([slice_net(norm=torch.nn.BatchNorm3d(4)).eval()], WINDOW, cpu, False, [True])
+    assert not is_z_separable([tiny_net().eval()], WINDOW, cpu, False, [False])  # 3x3x3 kernels
+    assert not is_z_separable([slice_net(norm=torch.nn.InstanceNorm3d(4)).eval()], WINDOW, cpu, False, [False])
+    assert not is_z_separable([slice_net(norm=torch.nn.GroupNorm(2, 4)).eval()], WINDOW, cpu, False, [False])
 
     class ZPosition(torch.nn.Module):  # per-slice, but not the same function at every z
         def forward(self, x):
             z = torch.arange(x.shape[2], dtype=x.dtype).view(1, 1, -1, 1, 1)
             return torch.cat([x, x * z], dim=1)
 
-    assert not _z_separable([ZPosition()], WINDOW, cpu, False, [False])
-    assert not _z_separable([slice_net(), tiny_net()], WINDOW, cpu, False, [False, False])  # every member
-    assert not _z_separable([slice_net()], (1, 16, 16), cpu, False, [False])  # nothing to reuse
+    assert not is_z_separable([ZPosition()], WINDOW, cpu, False, [False])
+    assert not is_z_separable([slice_net(), tiny_net()], WINDOW, cpu, False, [False, False])  # every member
+    assert not is_z_separable([slice_net()], (1, 16, 16), cpu, False, [False])  # nothing to reuse
 
 
 def test_slice_reuse_equals_per_tile_prediction(tmp_path, vol):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from arborseg.errors import ArborsegError, DataError, WindowError
-from arborseg.inference.tiled import ArrayMerger, importance_map, predict_labels, predict_volume, tile_slices
+from arborseg.inference import ArrayMerger, importance_map, predict_labels, predict_volume, tile_slices
 
 
 def tiny_net(n_classes: int = 3) -> torch.nn.Module:

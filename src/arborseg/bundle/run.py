@@ -1,7 +1,7 @@
 """``arborseg predict``: segment a TIFF/HDF5/Zarr volume with a bundle, with bounded memory.
 
-Prediction runs block by block into Zarr (:func:`arborseg.inference.blockwise.predict_to_store`: the input is
-read block by block, the outputs written chunk by chunk; the memory budget chooses the block). For a
+Prediction runs block by block into Zarr (:func:`arborseg.inference.predict_to_store`: the input is read
+block by block, the outputs written chunk by chunk; the memory budget chooses the block). For a
 ``.tif``/``.h5`` output the Zarr result (kept in a temporary folder next to it) is then copied z-slab by
 z-slab: TIFF page by page (labels ``OUT.tif``, probabilities ``OUT_probs.tif`` (C, Z, Y, X),
 uncertainty ``OUT_uncertainty.tif``), HDF5 into datasets ``labels``, ``probs``, ``uncertainty`` of one
@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def predict_bundle(bundle: Any, volume: Any, out: str | Path, *, probs: bool = F
     ``"stats"``."""
     from arborseg.bundle.load import Bundle, load_bundle
     from arborseg.device import resolve_device
-    from arborseg.inference.blockwise import predict_to_store
+    from arborseg.inference import PredictOptions, predict_to_store
 
     dev = resolve_device(device)
     if not isinstance(bundle, Bundle):
@@ -54,19 +55,19 @@ def predict_bundle(bundle: Any, volume: Any, out: str | Path, *, probs: bool = F
         raise BundleError(f"{existing[0]}: already exists; choose another --out or pass --overwrite")
     # a TIFF/HDF5 output is copied from a float32 store (uint8 is quantised by the store itself)
     store_dtype = probs_dtype if suffix == ".zarr" or probs_dtype == "uint8" else "float32"
-    common = dict(overlap=overlap, batch_size=batch_size, device=dev, fusion=bundle.fusion,
-                  normalizer=bundle.normalizer, write_probs=probs, uncertainty=uncertainty, block=block,
-                  memory_budget_mb=memory_mb, probs_dtype=store_dtype,
-                  progress=progress, weights=bundle.weights, overwrite=overwrite,
-                  activation_estimates=[m.info.get("activation_bytes") for m in bundle.members])
+    options = PredictOptions(
+        window=bundle.windows, n_classes=bundle.n_classes, overlap=overlap, batch_size=batch_size, device=dev,
+        fusion=bundle.fusion, weights=bundle.weights, normalizer=bundle.normalizer, write_probs=probs,
+        uncertainty=uncertainty, block=block, memory_budget_mb=memory_mb, probs_dtype=store_dtype,
+        progress=progress, overwrite=overwrite,
+        activation_estimates=[m.info.get("activation_bytes") for m in bundle.members])
     if suffix == ".zarr":
-        result = predict_to_store(bundle.modules, volume, out, bundle.windows, bundle.n_classes, **common)
+        result = predict_to_store(bundle.modules, volume, out, options)
         return {**result, "outputs": [str(out)]}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # same disk as the output
     try:
-        result = predict_to_store(bundle.modules, volume, tmp / "pred.zarr", bundle.windows, bundle.n_classes,
-                                  **{**common, "overwrite": True})
+        result = predict_to_store(bundle.modules, volume, tmp / "pred.zarr", replace(options, overwrite=True))
         written = _copy_out(tmp / "pred.zarr", out, suffix, targets, probs, uncertainty, probs_dtype, progress)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
