@@ -7,6 +7,10 @@ reference result). Preprocessing: the normaliser's fixed statistics are expresse
 (+ ``clip``) for ``percentile`` and ``fixed_zero_mean_unit_variance`` for ``zscore``; filters
 (``unsharp``, ``median``) have no bioimage.io counterpart: they are named in the description and the
 test input is given after them.
+
+Tested with bioimageio.spec 0.5.12.0 (what bioimageio.core 0.11.0 pins; it needs pydantic < 2.14) and 0.5.14.3.
+Any failure is a :class:`BundleError` whose message says what to install or what is wrong; the export leaves
+the description out then.
 """
 
 from __future__ import annotations
@@ -20,7 +24,22 @@ from arborseg.log import get_logger
 
 log = get_logger(__name__)
 
+#: the release of bioimageio.spec whose serializer breaks under pydantic >= 2.14 (every model fails to validate)
+PYDANTIC_214_BROKEN_SPEC = "0.5.12."
+#: how many elements of a discrete output (vote fractions) may differ from the test output, per million
+DISCRETE_MISMATCH_PER_MILLION = 1000
+INSTALL_SPEC = "pip install 'bioimageio.spec>=0.5.12,<0.6'"
+
 __all__ = ["preprocessing_steps", "write_rdf", "validate_rdf"]
+
+
+def _spec():
+    """The bioimageio.spec module, or a one-line :class:`BundleError` saying what to install."""
+    try:
+        import bioimageio.spec as spec
+    except ImportError:
+        raise BundleError(f"bioimageio.spec is not installed ({INSTALL_SPEC})") from None
+    return spec
 
 
 def preprocessing_steps(normalizer: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
@@ -56,14 +75,20 @@ def _axes(window: Sequence[int], channel: dict[str, Any], ref: str | None = None
 
 
 def write_rdf(folder: Path, *, name: str, description: str, classes: Sequence[str], window: Sequence[int],
-              normalizer: dict[str, Any], voxel_size: Sequence[float] | None, torchscript: str,
+              normalizer: dict[str, Any], voxel_size: Sequence[float] | None, torchscript: str | None,
               onnx: str | None, test_input: str, test_output: str, documentation: str, tags: Sequence[str],
-              version: str) -> Path:
-    """Write ``folder/rdf.yaml`` for the fused ensemble module; file names are relative to ``folder``."""
+              version: str, discrete: bool = False) -> Path:
+    """Write ``folder/rdf.yaml`` for the fused ensemble module (TorchScript and/or ONNX weights); file names
+    are relative to ``folder``. ``discrete``: the output is vote fractions, where a near tie of two classes
+    may flip between runtimes (up to ``DISCRETE_MISMATCH_PER_MILLION`` elements are tolerated)."""
     import torch
     import yaml
+
+    _spec()
     from bioimageio.spec.model.v0_5 import ModelDescr
 
+    if not (torchscript or onnx):
+        raise BundleError("a bioimage.io description needs TorchScript or ONNX weights")
     steps, note = preprocessing_steps(normalizer)
     inputs_axes = _axes(window, {"channel_names": ["raw"]})
     outputs_axes = _axes(window, {"channel_names": [str(c) for c in classes]}, ref="raw")
@@ -71,12 +96,14 @@ def write_rdf(folder: Path, *, name: str, description: str, classes: Sequence[st
         for axes in (inputs_axes, outputs_axes):
             for ax, scale in zip(axes[2:], voxel_size):
                 ax["scale"] = float(scale)
-    weights: dict[str, Any] = {"torchscript": {"source": torchscript,
-                                               "pytorch_version": torch.__version__.split("+")[0]}}
+    weights: dict[str, Any] = {}
+    if torchscript:
+        weights["torchscript"] = {"source": torchscript, "pytorch_version": torch.__version__.split("+")[0]}
     if onnx:
         from arborseg.bundle.convert import ONNX_OPSET
 
-        weights["onnx"] = {"source": onnx, "opset_version": ONNX_OPSET, "parent": "torchscript"}
+        weights["onnx"] = {"source": onnx, "opset_version": ONNX_OPSET,
+                           **({"parent": "torchscript"} if torchscript else {})}
     rdf = {
         "format_version": str(ModelDescr.implemented_format_version),
         "type": "model",
@@ -97,6 +124,9 @@ def write_rdf(folder: Path, *, name: str, description: str, classes: Sequence[st
                      "data": {"type": "float32", "range": [0.0, 1.0]}}],
         "weights": weights,
     }
+    if discrete:
+        rdf["config"] = {"bioimageio": {"reproducibility_tolerance": [
+            {"mismatched_elements_per_million": DISCRETE_MISMATCH_PER_MILLION}]}}
     path = folder / "rdf.yaml"
     path.write_text(yaml.safe_dump(rdf, sort_keys=False))
     return path
@@ -105,17 +135,30 @@ def write_rdf(folder: Path, *, name: str, description: str, classes: Sequence[st
 def validate_rdf(path: Path) -> dict[str, Any]:
     """Validate ``rdf.yaml`` with bioimageio.spec (format and files, hashes); raise :class:`BundleError` when
     invalid. Returns ``{"status", "format_version", "bioimageio_spec", "warnings", "summary"}``."""
-    try:
-        import bioimageio.spec as spec
-    except ImportError:
-        raise BundleError("validating the bioimage.io description needs bioimageio.spec: pip install "
-                          "'bioimageio.spec>=0.5' (or export with --no-bioimageio)") from None
+    spec = _spec()
     descr = spec.load_description(path.resolve(), perform_io_checks=True)
     summary = descr.validation_summary
     text = summary.format() if hasattr(summary, "format") else str(summary)
     if summary.status not in ("valid-format", "passed"):
-        errors = [f"{'.'.join(map(str, e.loc))}: {e.msg}" for d in summary.details for e in d.errors][:5]
-        raise BundleError(f"{path}: the bioimage.io description is invalid ({summary.status}): {'; '.join(errors)}")
+        errors = [f"{'.'.join(map(str, e.loc))}: {e.msg}" for d in summary.details for e in d.errors]
+        broken = _known_incompatibility(spec.__version__, errors)
+        if broken:
+            raise BundleError(broken)
+        detail = "; ".join(" ".join(e.split()) for e in errors[:5])[:400]
+        raise BundleError(f"the bioimage.io description is invalid for bioimageio.spec {spec.__version__} "
+                          f"({summary.status}): {detail}")
     warns = [f"{'.'.join(map(str, w.loc))}: {w.msg}" for d in summary.details for w in d.warnings]
     return {"status": summary.status, "format_version": str(getattr(descr, "format_version", "")),
             "bioimageio_spec": spec.__version__, "warnings": warns, "summary": text}
+
+
+def _known_incompatibility(spec_version: str, errors: Sequence[str]) -> str | None:
+    """What to install when bioimageio.spec itself fails (not the description), else None."""
+    from importlib import metadata
+
+    pydantic = metadata.version("pydantic")
+    if spec_version.startswith(PYDANTIC_214_BROKEN_SPEC) and any("index_key" in e for e in errors):
+        return (f"bioimageio.spec {spec_version} cannot validate any model with pydantic {pydantic} (its serializer "
+                "fails); pip install 'pydantic<2.14' (what bioimageio.core 0.11 needs too) or "
+                "'bioimageio.spec>=0.5.14'")
+    return None

@@ -3,15 +3,18 @@
 Layout of ``BUNDLE/``::
 
     manifest.json            classes, windows (z context), normaliser, fusion, weights, voxel size, scores,
-                             provenance, package versions, ONNX outcome per member, bioimage.io validation,
-                             sha256 of every file
+                             provenance, package versions, the formats produced and those left out (and why),
+                             bioimage.io validation, sha256 of every file
     members/<key>/network.ts TorchScript, traced at the member's window (checked against the eager network)
-    members/<key>/network.onnx  where the ONNX exporter handles the network (else the reason is recorded)
+    members/<key>/network.onnx  ONNX (run with onnxruntime and checked against the eager network)
     members/<key>/tree.yaml  the module tree (architecture, training values)
     ensemble.ts (+ .onnx)    all members fused on one tile: the network of the bioimage.io description
     rdf.yaml, README.md, test_input.npy, test_output.npy   the bioimage.io model description (spec 0.5)
 
-Loading it (:func:`arborseg.bundle.load_bundle`) needs torch, numpy and arborseg's normaliser only.
+Every format is produced and verified in its own guard (:class:`Formats`): one that cannot be made or does not
+reproduce the eager network is left out with one log line and an entry in ``manifest["formats"]``; the export
+goes on. Only a broken ensemble folder (missing or unreadable weights, an unknown fusion) is an error.
+Loading a bundle (:func:`arborseg.bundle.load_bundle`) needs torch, numpy and arborseg's normaliser only.
 """
 
 from __future__ import annotations
@@ -23,24 +26,28 @@ import platform
 import re
 import shutil
 import sys
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from arborseg.errors import BundleError
+from arborseg.errors import ArborsegError, BundleError
 from arborseg.log import get_logger
 
 log = get_logger(__name__)
 
 BUNDLE_FORMAT = "arborseg-bundle/1"
-PACKAGES = ("arborseg", "torch", "numpy", "onnx", "onnxscript", "onnxruntime", "bioimageio.spec", "zarr", "h5py",
-            "tifffile")
+PACKAGES = ("arborseg", "torch", "numpy", "onnx", "onnxscript", "onnxruntime", "bioimageio.spec", "bioimageio.core",
+            "pydantic", "zarr", "h5py", "tifffile")
+#: the files of the bioimage.io description (left out together)
+BIOIMAGEIO_FILES = ("rdf.yaml", "README.md", "test_input.npy", "test_output.npy", "bioimageio_validation.md")
 
-__all__ = ["export_bundle", "BUNDLE_FORMAT", "sha256"]
+T = TypeVar("T")
+
+__all__ = ["export_bundle", "BUNDLE_FORMAT", "Formats", "sha256"]
 
 
 def sha256(path: Path) -> str:
@@ -65,12 +72,54 @@ def _safe(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", key) or "member"
 
 
+@dataclass
+class Formats:
+    """The files of a bundle in the making: each format is produced and verified by :meth:`attempt`, which
+    leaves a failed one out (its files removed, one log line, the reason kept) instead of failing the export.
+    ``manifest["formats"]`` is :meth:`to_dict`."""
+
+    root: Path
+    produced: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def attempt(self, file: str, make: Callable[[], T], also: Sequence[str] = ()) -> T | None:
+        """``make()`` writes and checks ``root/file`` (and the files ``also``): its result, or None when it
+        raised (the files are removed and the reason recorded)."""
+        try:
+            result = make()
+        except Exception as exc:  # any failure of one format leaves that format out, never the export
+            for name in (file, *also):
+                (self.root / name).unlink(missing_ok=True)
+            self.skip(file, _reason(exc))
+            return None
+        self.produced.append(file)
+        return result
+
+    def skip(self, file: str, reason: str, warn: bool = True) -> None:
+        """Record ``file`` as left out; ``warn``: say so in one log line (not for what the user turned off)."""
+        self.skipped[file] = reason
+        if warn:
+            log.warning("left out %s: %s", file, reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"produced": list(self.produced), "skipped": dict(self.skipped)}
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the message of an :class:`ArborsegError` (it names the file), else ``Type: first line``."""
+    from arborseg.bundle.convert import first_line
+
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if isinstance(exc, ArborsegError) and text else first_line(exc)
+
+
 def export_bundle(ensemble_dir: str | Path, out: str | Path, *, onnx: bool = True, bioimageio: bool = True,
                   make_zip: bool = True, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Export the ensemble folder ``ensemble_dir`` to the bundle folder ``out`` (and ``out.zip``).
 
-    ``onnx``: also try ONNX per member (and for the fused ensemble); ``bioimageio``: write and validate
-    ``rdf.yaml`` (the export fails when bioimageio.spec finds it invalid). Returns the manifest.
+    ``onnx``: also ONNX per member and for the fused ensemble; ``bioimageio``: write and validate ``rdf.yaml``.
+    A format that cannot be produced or verified is left out (``manifest["formats"]["skipped"]`` says why);
+    a broken ensemble folder raises :class:`BundleError`. Returns the manifest.
     """
     from arborseg.bundle.source import load_member_network, read_ensemble_dir
 
@@ -88,11 +137,12 @@ def export_bundle(ensemble_dir: str | Path, out: str | Path, *, onnx: bool = Tru
             log.warning("member %s has weight 0: left out of the bundle", m.key)
     if not members:
         raise BundleError(f"{src.path}: every member has weight 0; nothing to export")
+    nets = [load_member_network(m, src.n_classes) for m in members]  # a broken member fails before any file
     work = out.parent / f".{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     (work / "members").mkdir(parents=True)
     try:
-        manifest = _export_into(work, out, src, members, load_member_network, onnx, bioimageio, progress)
+        manifest = _export_into(work, out, src, members, nets, onnx, bioimageio, progress)
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
@@ -108,15 +158,11 @@ def export_bundle(ensemble_dir: str | Path, out: str | Path, *, onnx: bool = Tru
     return manifest
 
 
-def _export_into(work: Path, final: Path, src, members, load_net, onnx: bool, bioimageio: bool,
+def _export_into(work: Path, final: Path, src, members, nets, onnx: bool, bioimageio: bool,
                  progress: bool) -> dict[str, Any]:
-    import torch
+    from arborseg.inference import activation_bytes
 
-    from arborseg.bundle.convert import to_onnx, to_torchscript
-    from arborseg.inference.blockwise import activation_bytes
-
-    n_classes = src.n_classes
-    nets = []
+    formats = Formats(work)
     entries = []
     bar = None
     if progress:
@@ -124,29 +170,22 @@ def _export_into(work: Path, final: Path, src, members, load_net, onnx: bool, bi
 
         bar = tqdm(total=len(members), desc="export", unit="member")
     try:
-        for i, m in enumerate(members):
-            net = load_net(m, n_classes)
-            nets.append(net)
+        for i, (m, net) in enumerate(zip(members, nets)):
             folder = work / "members" / _safe(m.key)
             if folder.exists():  # two keys that differ only in characters a file name cannot hold
                 folder = folder.with_name(f"{folder.name}-{i}")
             folder.mkdir()
             shutil.copyfile(m.tree_path, folder / "tree.yaml")
-            ts = to_torchscript(net, m.window, folder / "network.ts", name=f"member {m.key}")
-            ox = to_onnx(net, m.window, folder / "network.onnx", name=f"member {m.key}") if onnx else \
-                {"ok": False, "path": None, "reason": "not requested (--no-onnx)", "checked": None}
-            entries.append({
+            entry = {
                 "key": m.key, "tree_id": m.tree_id or net.tree.id, "tree_name": m.tree_name or net.tree.name,
                 "family": m.family or net.tree.family, "seed": m.seed, "weight": m.weight,
                 "window": list(m.window), "z_context": int(m.window[0]),
                 "params": int(sum(p.numel() for p in net.parameters())),
                 "activation_bytes": activation_bytes(net, m.window),
-                "torchscript": _rel(ts["path"], work), "trace_max_rel_diff": ts["max_rel_diff"],
                 "tree": _rel(folder / "tree.yaml", work),
-                "onnx": _rel(ox["path"], work) if ox["ok"] else None,
-                "onnx_error": ox["reason"], "onnx_checked": ox.get("checked"),
-                "onnx_exporter": ox.get("exporter"), "onnx_max_rel_diff": ox.get("max_rel_diff"),
-            })
+            }
+            entry.update(_member_formats(formats, net, m, folder, onnx))
+            entries.append(entry)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -160,7 +199,7 @@ def _export_into(work: Path, final: Path, src, members, load_net, onnx: bool, bi
         "format": BUNDLE_FORMAT,
         "name": src.name,
         "classes": src.classes,
-        "n_classes": n_classes,
+        "n_classes": src.n_classes,
         "ignore_value": data.get("ignore_value"),
         "voxel_size": data.get("voxel_size"),
         "window": list(windows[0]) if len(set(windows)) == 1 else None,
@@ -180,12 +219,33 @@ def _export_into(work: Path, final: Path, src, members, load_net, onnx: bool, bi
         },
         "packages": package_versions(),
     }
-
-    # ---- the fused ensemble on one tile (bioimage.io's single network)
-    manifest["bioimageio"] = _fused_and_rdf(work, final, src, nets, windows, weights, onnx, bioimageio, torch)
+    manifest["bioimageio"] = _fused_and_rdf(formats, final, src, nets, windows, weights, onnx, bioimageio)
+    manifest["formats"] = formats.to_dict()
     manifest["files"] = {_rel(p, work): sha256(p) for p in sorted(work.rglob("*")) if p.is_file()}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
     return manifest
+
+
+def _member_formats(formats: Formats, net, m, folder: Path, onnx: bool) -> dict[str, Any]:
+    """TorchScript and ONNX of one member, each in its own guard: the member's manifest fields."""
+    from arborseg.bundle.convert import to_onnx, to_torchscript
+
+    name = f"member {m.key}"
+    ts_file = (folder / "network.ts").relative_to(formats.root).as_posix()
+    onnx_file = (folder / "network.onnx").relative_to(formats.root).as_posix()
+    ts = formats.attempt(ts_file, lambda: to_torchscript(net, m.window, folder / "network.ts", name=name))
+    ox = None
+    if onnx:
+        ox = formats.attempt(onnx_file, lambda: to_onnx(net, m.window, folder / "network.onnx", name=name))
+    else:
+        formats.skip(onnx_file, "not requested (--no-onnx)", warn=False)
+    return {
+        "torchscript": ts_file if ts else None, "torchscript_error": formats.skipped.get(ts_file),
+        "trace_max_rel_diff": ts["max_rel_diff"] if ts else None,
+        "onnx": onnx_file if ox else None, "onnx_error": formats.skipped.get(onnx_file),
+        "onnx_checked": ox["checked"] if ox else None, "onnx_exporter": ox["exporter"] if ox else None,
+        "onnx_max_rel_diff": ox["max_rel_diff"] if ox else None,
+    }
 
 
 def _rel(path: str | Path | None, root: Path) -> str | None:
@@ -206,50 +266,66 @@ def _test_input(normalizer: dict[str, Any], window: Sequence[int]) -> np.ndarray
     return x.astype(np.float32)
 
 
-def _fused_and_rdf(work: Path, final: Path, src, nets, windows, weights, onnx: bool, bioimageio: bool,
-                   torch) -> dict[str, Any]:
-    from arborseg.bundle.bioimageio import validate_rdf, write_rdf
+def _fused_and_rdf(formats: Formats, final: Path, src, nets, windows, weights, onnx: bool,
+                   bioimageio: bool) -> dict[str, Any]:
+    """The fused ensemble on one tile (TorchScript, ONNX) and the bioimage.io description of it, each in its own
+    guard; returns ``manifest["bioimageio"]``."""
     from arborseg.bundle.convert import FusedEnsemble, to_onnx, to_torchscript
-    from arborseg.data.preprocess import Normalizer
 
+    work = formats.root
     big = tuple(max(w[a] for w in windows) for a in range(3))
     fused = FusedEnsemble(nets, src.fusion, weights, src.n_classes).eval()
-    try:
-        to_torchscript(fused, big, work / "ensemble.ts", name="fused ensemble")
-    except Exception as exc:  # a member that cannot run at the largest window
-        reason = f"the members cannot run together on one {big} tile ({str(exc).splitlines()[0][:200]})"
-        log.warning("no fused ensemble module and no bioimage.io description: %s", reason)
-        return {"status": "skipped", "reason": reason}
-    result: dict[str, Any] = {"window": list(big), "torchscript": "ensemble.ts", "onnx": None}
+    name = f"fused ensemble on one {big} tile"
+    ts = formats.attempt("ensemble.ts", lambda: to_torchscript(fused, big, work / "ensemble.ts", name=name))
+    ox = None
     if onnx:
-        ox = to_onnx(fused, big, work / "ensemble.onnx", name="fused ensemble", output_name="probabilities")
-        result.update(onnx="ensemble.onnx" if ox["ok"] else None, onnx_error=ox["reason"])
+        ox = formats.attempt("ensemble.onnx", lambda: to_onnx(fused, big, work / "ensemble.onnx", name=name,
+                                                              output_name="probabilities"))
+    else:
+        formats.skip("ensemble.onnx", "not requested (--no-onnx)", warn=False)
+    result: dict[str, Any] = {"window": list(big), "torchscript": "ensemble.ts" if ts else None,
+                              "onnx": "ensemble.onnx" if ox else None,
+                              "onnx_error": formats.skipped.get("ensemble.onnx")}
     if not bioimageio:
-        result.update(status="skipped", reason="not requested (--no-bioimageio)")
-        return result
+        formats.skip("rdf.yaml", "not requested (--no-bioimageio)", warn=False)
+    elif not (ts or ox):
+        formats.skip("rdf.yaml", "no fused ensemble network to describe (ensemble.ts and ensemble.onnx were left out)")
+    else:
+        described = formats.attempt("rdf.yaml", lambda: _describe(work, final, src, fused, windows, big, result),
+                                    also=BIOIMAGEIO_FILES)
+        if described is not None:
+            return {**result, **described}
+    return {**result, "status": "skipped", "reason": formats.skipped["rdf.yaml"]}
+
+
+def _describe(work: Path, final: Path, src, fused, windows, big, result: dict[str, Any]) -> dict[str, Any]:
+    """Write and validate the bioimage.io description of the fused ensemble (test tensors from the eager network)."""
+    import torch
+
+    from arborseg.bundle.bioimageio import validate_rdf, write_rdf
+    from arborseg.data.preprocess import Normalizer
+
     normalizer = Normalizer.from_dict(src.normalizer)
     raw = _test_input(src.normalizer, big)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        loaded = torch.jit.load(str(work / "ensemble.ts"))
-        expected = loaded(torch.from_numpy(normalizer.normalize(raw))).numpy()
+    with torch.no_grad():
+        expected = fused(torch.from_numpy(normalizer.normalize(raw))).numpy()
     np.save(work / "test_input.npy", raw)
     np.save(work / "test_output.npy", expected.astype(np.float32))
     _write_readme(work, src, windows, big)
-    families = sorted({getattr(n.tree, "family", "") for n in nets} - {""})
+    families = sorted({getattr(n.tree, "family", "") for n in fused.members} - {""})
     rdf = write_rdf(
         work, name=f"arborseg ensemble {src.name}"[:128],
-        description=(f"An ensemble of {len(nets)} networks found by arborseg architecture search "
+        description=(f"An ensemble of {len(fused.members)} networks found by arborseg architecture search "
                      f"({', '.join(families)}), {src.fusion} fusion, classes {', '.join(src.classes)}."),
         classes=src.classes, window=big, normalizer=src.normalizer, voxel_size=src.data.get("voxel_size"),
-        torchscript="ensemble.ts", onnx=result["onnx"], test_input="test_input.npy", test_output="test_output.npy",
-        documentation="README.md", tags=["segmentation", "electron-microscopy", "3d", "ensemble", "arborseg"],
-        version="0.1.0")
-    result.update(validate_rdf(rdf))
-    result["summary"] = result["summary"].replace(str(work.resolve()), str(final.resolve()))
-    result["rdf"] = "rdf.yaml"
-    (work / "bioimageio_validation.md").write_text(result["summary"])
-    return result
+        torchscript=result["torchscript"], onnx=result["onnx"], test_input="test_input.npy",
+        test_output="test_output.npy", documentation="README.md",
+        tags=["segmentation", "electron-microscopy", "3d", "ensemble", "arborseg"], version="0.1.0",
+        discrete=fused.discrete_output)
+    validation = validate_rdf(rdf)
+    validation["summary"] = validation["summary"].replace(str(work.resolve()), str(final.resolve()))
+    (work / "bioimageio_validation.md").write_text(validation["summary"])
+    return {**validation, "rdf": "rdf.yaml"}
 
 
 def _write_readme(work: Path, src, windows, big) -> None:
