@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,24 @@ from arborseg.tree import ModuleNode, ModuleTree
 
 SPACES = sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml"))
 SAMPLES_PER_SPACE = 50  # 6 spaces x 50 = 300 seeded samples
+SAMPLED_WIDTHS = 5  # the first samples of each space run at their own widths, the others narrowed
+
+
+def narrowed(tree: ModuleTree) -> ModuleTree:
+    """The same structure with tiny widths: the distinct widths of ``tree``, smallest first, become 3, 4, 5, ...
+
+    Widths are refinable (they change no shape, depth or branch), and the mapping keeps which widths are
+    equal and which larger, so every projection and merge the tree needs is still built; only the
+    arithmetic shrinks (a hybrid tree at width 48 costs seconds per pass).
+    """
+    widths = sorted({v for node in tree.root.walk() for k, v in node.params if k == "width"})
+    small = {w: 3 + i for i, w in enumerate(widths)}
+
+    def node(n: ModuleNode) -> ModuleNode:
+        params = tuple((k, small[v] if k == "width" else v) for k, v in n.params)
+        return ModuleNode(n.type, params, tuple(node(c) for c in n.children))
+
+    return replace(tree, root=node(tree.root), _id="")
 
 
 def test_every_module_type_has_a_builder():
@@ -28,10 +47,15 @@ def test_sampled_trees_build_forward_backward(space_path):
     torch.manual_seed(0)
     for seed in range(SAMPLES_PER_SPACE):
         tree = space.sample(seed)
+        net = build_network(tree, n_classes=3)
+        if seed >= SAMPLED_WIDTHS:
+            modules = [type(m) for m in net.modules()]
+            tree = narrowed(tree)
+            net = build_network(tree, n_classes=3)
+            assert [type(m) for m in net.modules()] == modules, f"{tree.name}: narrowing changed the network"
         _, mxy, _ = window_multiple(tree)
         assert tree.window[1] % mxy == 0, f"{tree.name}: its own window does not fit"
         window = (tree.window[0], max(2 * mxy, 16), max(2 * mxy, 16) + (mxy if seed % 2 else 0))
-        net = build_network(tree, n_classes=3)
         x = torch.randn(2, 1, *window, requires_grad=True)
         y = net(x)
         assert y.shape == (2, 3, *window), tree.name

@@ -9,8 +9,19 @@ import numpy as np
 import pytest
 import yaml
 
-from arborseg.data import (DataConfig, Normalizer, Region, apply_label_map, load_data_config, make_em_volume,
-                           median_filter, normalize, open_volume, unsharp_mask, write_volume)
+from arborseg.data import (
+    DataConfig,
+    Normalizer,
+    Region,
+    apply_label_map,
+    load_data_config,
+    make_em_volume,
+    median_filter,
+    normalize,
+    open_volume,
+    unsharp_mask,
+    write_volume,
+)
 from arborseg.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -211,6 +222,31 @@ def test_bad_data_raises_one_clear_error(data_dir: Path, change: dict, message: 
         load(data_dir, base(**change))
 
 
+@pytest.mark.parametrize("name,bad", [("raw.tif", np.nan), ("raw.npy", np.inf), ("raw.npy", -np.inf)])
+def test_nan_or_inf_in_raw_is_named_at_load(data_dir: Path, name: str, bad: float) -> None:
+    raw = open_volume(data_dir / "raw.tif")[...].astype(np.float32)
+    raw[6, 11, 13] = bad  # in the validation region only
+    write_volume(data_dir / name, raw)
+    cfg = load(data_dir, base(raw=name))
+    train, _ = cfg.load_region("train")  # the normaliser is fitted on the clean training region
+    assert np.isfinite(train).all()
+    message = rf"data.yaml: raw .*{name}: 1 NaN/inf voxels in region validation \(first at z=6, y=11, x=13\); replace"
+    with pytest.raises(DataError, match=message):
+        cfg.load_region("validation")
+    with pytest.raises(DataError, match=message):
+        cfg.read_raw("validation")
+
+
+def test_nan_in_the_xy_context_of_preprocessing_is_found(data_dir: Path) -> None:
+    raw = open_volume(data_dir / "raw.tif")[...].astype(np.float32)
+    raw[0, 20, 2] = np.nan  # outside eval_far's box, inside the context its median filter reads
+    write_volume(data_dir / "raw.npy", raw)
+    d = base(raw="raw.npy", preprocessing={"median": 3}, normalization={"mode": "none"})
+    d["regions"] = {"train": {"z": [1, 5]}, "eval_far": {"z": [0, 1], "x": [3, 48]}}
+    with pytest.raises(DataError, match=r"in region eval_far \(first at z=0, y=20, x=2\)"):
+        load(data_dir, d).load_region("eval_far")
+
+
 def test_missing_yaml_and_broken_yaml(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such data YAML file"):
         load_data_config(tmp_path / "nope.yaml")
@@ -296,6 +332,6 @@ def test_synthetic_cells_change_slowly_along_z() -> None:
 def test_synthetic_is_fast() -> None:
     import time
 
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds of this process (about 0.8): not stretched by a busy machine
     make_em_volume((12, 256, 256), seed=0)
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 5.0

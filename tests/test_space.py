@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import yaml
 
 from arborseg.errors import SpaceError
 from arborseg.space import RandomDraw, load_space, parse_space
+from arborseg.space.sampler import sample_distinct
 
 SPACES = sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml"))
 
@@ -161,3 +164,21 @@ def test_missing_file():
 def test_yaml_files_are_plain_yaml():
     for path in SPACES:
         assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+def test_space_settings_campaign_config_and_tree_import_without_torch():
+    code = ("import sys\nimport arborseg.space, arborseg.space.sampler, arborseg.train.settings, "
+            "arborseg.campaign.config, arborseg.tree\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_sample_distinct_is_seeded_distinct_and_filtered():
+    space = Path(__file__).parents[1] / "search_spaces" / "hybrid_2d3d.yaml"
+    trees = sample_distinct(space, 4, 3)
+    assert [t.id for t in trees] == [t.id for t in sample_distinct(space, 4, 3)]
+    assert len({t.id for t in trees}) == 4
+    turned_down = trees[0].id
+    kept = sample_distinct(space, 4, 3, accept=lambda t: t.id != turned_down)
+    assert turned_down not in {t.id for t in kept} and [t.id for t in kept[:3]] == [t.id for t in trees[1:]]

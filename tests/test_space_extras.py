@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from arborseg.cli.space import validate
 from arborseg.errors import SpaceError
 from arborseg.space import load_space
-from arborseg.cli.space_commands import validate
 
 
 def _write(tmp_path, text: str):

@@ -163,3 +163,25 @@ def test_train_cli_bad_data_is_one_line(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and "regions.train.z" in res.stderr
+
+
+def test_train_cli_refuses_nan_raw_and_steps_below_one(tmp_path, capsys):
+    from arborseg.cli import main
+    from arborseg.data import make_em_volume, write_volume
+
+    raw, labels = make_em_volume((6, 32, 32), seed=0)
+    raw = raw.astype(np.float32)
+    raw[1, 2, 3] = np.nan
+    write_volume(tmp_path / "raw.npy", raw)
+    write_volume(tmp_path / "labels.npy", labels)
+    data = tmp_path / "nan.yaml"
+    data.write_text("raw: raw.npy\nlabels: labels.npy\nclasses: [interior, membrane, mito]\n"
+                    "regions: {train: {z: [0, 4]}, validation: {z: [4, 5]}, eval_near: {z: [5, 6]}}\n")
+    tree = small_tree().save(tmp_path / "t.yaml")
+    out = tmp_path / "out"
+    assert main(["train", str(tree), "--data", str(data), "--steps", "2", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 NaN/inf voxels in region train (first at z=1, y=2, x=3)" in err[0], err
+    assert main(["train", str(tree), "--data", str(data), "--steps", "-5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["arborseg: error: --steps -5: give at least 1"]

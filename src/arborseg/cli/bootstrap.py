@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from arborseg.cli.options import require_positive
 from arborseg.errors import ArborsegError
 
 # kept in sync with arborseg.bootstrap.strategies.STRATEGIES (a test checks it); listed here so that
@@ -22,6 +23,7 @@ STRATEGY_HELP = {
 
 
 def _init(args: argparse.Namespace) -> int:
+    require_positive(args, "tile", "per_iteration", "steps", "batch_size", "members", "threads")
     import numpy as np
 
     from arborseg.bootstrap import BootstrapProject, ProjectSettings
@@ -76,17 +78,20 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _campaign_models(run_dir: str, top: int) -> list[Path]:
+    from arborseg.runs import MODEL_FILE, TrialFolder
     from arborseg.table import run_table, sort_table
 
     table = sort_table(run_table([run_dir]))
     table = table[table["state"] == "COMPLETE"]
-    paths = [Path(str(d)) / "model.pt" for d in table["artifact_dir"] if d and (Path(str(d)) / "model.pt").is_file()]
+    models = [TrialFolder(str(d)).model_path for d in table["artifact_dir"] if d]
+    paths = [p for p in models if p.is_file()]
     if not paths:
-        raise ArborsegError(f"{run_dir}: no completed trial with a model.pt; run the campaign first")
+        raise ArborsegError(f"{run_dir}: no completed trial with a {MODEL_FILE}; run the campaign first")
     return paths[:top]
 
 
 def _next(args: argparse.Namespace) -> int:
+    require_positive(args, "k", "steps", "members", "top")
     from arborseg.bootstrap import BootstrapProject
 
     project = BootstrapProject(args.folder)
@@ -128,8 +133,8 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub, command) -> None:
-    """Add `arborseg bootstrap ...` to the parser; ``command`` registers the functions."""
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add `arborseg bootstrap ...` to the parser."""
     boot = sub.add_parser("bootstrap", help="grow a label set: propose what to label, pre-segment it, take "
                                             "corrections back",
                           description="Bootstrapping with active learning: train on what is labeled, propose "
@@ -168,7 +173,7 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a busy shared machine)")
-    command("bootstrap init")(_init)
+    p.set_defaults(handler=_init)
 
     strategies = "\n".join(f"  {k:17s} {v}" for k, v in STRATEGY_HELP.items())
     p = bsub.add_parser("next", help="train on the labels, propose what to label next, write its pre-segmentation",
@@ -187,15 +192,15 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--campaign", metavar="RUN_DIR", help="use the best completed trials of this campaign")
     p.add_argument("--top", type=int, default=3, help="with --campaign: how many trials (default 3)")
     p.add_argument("--replace", action="store_true", help="propose again for an iteration not yet ingested")
-    command("bootstrap next")(_next)
+    p.set_defaults(handler=_next)
 
     p = bsub.add_parser("ingest", help="take corrected labels back; record what the correction changed",
                         description="CORRECTED: the painted stack (same shape as presegmentation.tif) or a whole "
                                     "label volume from which the proposed units are read.")
     p.add_argument("folder")
     p.add_argument("corrected")
-    command("bootstrap ingest")(_ingest)
+    p.set_defaults(handler=_ingest)
 
     p = bsub.add_parser("status", help="iterations so far: labels, correction effort, FN-n (table + progress.png)")
     p.add_argument("folder")
-    command("bootstrap status")(_status)
+    p.set_defaults(handler=_status)

@@ -24,8 +24,9 @@ def _export(args: argparse.Namespace) -> int:
     manifest = export_bundle(args.ensemble_dir, args.out, onnx=not args.no_onnx, bioimageio=not args.no_bioimageio,
                              make_zip=not args.no_zip, overwrite=args.overwrite, progress=not args.quiet)
     for m in manifest["members"]:
+        ts = "torchscript" if m.get("torchscript") else f"no torchscript ({m.get('torchscript_error')})"
         onnx = "onnx" if m["onnx"] else f"no onnx ({m['onnx_error']})"
-        print(f"{m['key']:32s} window={tuple(m['window'])} weight={m['weight']:g}  torchscript, {onnx}")
+        print(f"{m['key']:32s} window={tuple(m['window'])} weight={m['weight']:g}  {ts}, {onnx}")
     bio = manifest["bioimageio"]
     print(f"bioimage.io: {bio.get('status')}" + (f" ({bio['reason']})" if bio.get("reason") else ""))
     print(f"bundle: {args.out}" + (f"  zip: {manifest['zip']}" if manifest.get("zip") else ""))
@@ -53,8 +54,8 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub, command) -> None:
-    """Add `export` and `predict` to the `arborseg` parser; ``command`` registers their functions."""
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add `export` and `predict` to the `arborseg` parser."""
     p = sub.add_parser(
         "export", help="export an ensemble folder as a self-contained bundle (TorchScript, ONNX, bioimage.io)",
         description="ENSEMBLE_DIR is a folder written by `arborseg ensemble` (ensemble.json + members). Writes the "
@@ -68,7 +69,7 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--no-bioimageio", action="store_true", help="skip the bioimage.io description")
     p.add_argument("--no-zip", action="store_true", help="write only the folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
-    command("export")(_export)
+    p.set_defaults(handler=_export)
 
     p = sub.add_parser(
         "predict", help="segment a TIFF/HDF5/Zarr volume with a bundle, block by block with bounded memory",
@@ -95,4 +96,4 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     p.add_argument("--block", type=_block, metavar="Z,Y,X", help="processing block (overrides --memory-mb's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    command("predict")(_predict)
+    p.set_defaults(handler=_predict)

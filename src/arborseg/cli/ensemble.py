@@ -42,7 +42,8 @@ def format_ensemble(manifest: dict[str, Any]) -> str:
             for metric, g in metrics.items():
                 mark = " *" if g.get("improved") else ""
                 parts.append(f"{metric} {g['gain']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}]{mark}")
-            n = next(iter(metrics.values()), {}).get("slices", 0)
+            first: dict[str, Any] = next(iter(metrics.values()), {})
+            n = first.get("slices", 0)
             lines.append(f"  {region:10s} ({n} slices)  " + "   ".join(parts))
         lines.append("  (* the whole interval is on the better side of 0; for fn_*/fp_* lower is better)")
     failed = [c for c in manifest["candidates"] if c["state"] != "COMPLETE"]
@@ -63,8 +64,8 @@ def _ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub, command) -> None:
-    """Add `arborseg ensemble` to the `arborseg` parser; ``command`` registers its function."""
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add `arborseg ensemble` to the `arborseg` parser."""
     p = sub.add_parser(
         "ensemble", help="train seeds of a campaign's best trees, fuse them, score the ensemble",
         description="Pick the K best distinct trees of a campaign by its objective on validation, train M members "
@@ -89,4 +90,4 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--rounds", type=int, help="greedy selection rounds after the first pick (default 2 x members)")
     p.add_argument("--no-reuse", action="store_true",
                    help="train every member, even one equal to a campaign trial (same tree, seed and steps)")
-    command("ensemble")(_ensemble)
+    p.set_defaults(handler=_ensemble)

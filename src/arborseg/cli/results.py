@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from arborseg.cli.options import require_positive
+
 # kept here (not imported from table/plots) so that building the parser does not import pandas
 TABLE_FORMATS = ("terminal", "csv", "md", "html", "parquet", "json")
 PLOT_NAMES = ("history", "pareto", "fn_curves", "importance", "near_far")
@@ -12,16 +14,25 @@ WHERE_HELP = ("keep rows where this pandas query holds, e.g. \"state == 'COMPLET
 
 
 def _load(args: argparse.Namespace, ensembles: bool = False):
-    from arborseg.table import filter_table, load_campaigns, run_table
+    from arborseg.table import filter_table, read_runs, run_table
 
-    runs = load_campaigns(args.run_dirs)
+    runs = read_runs(args.run_dirs)
     return runs, filter_table(run_table([], campaigns=runs, ensembles=ensembles), getattr(args, "where", None))
 
 
 def _table(args: argparse.Namespace) -> int:
     from arborseg.errors import CampaignError
-    from arborseg.table import (campaign_summary, format_table, group_table, select_columns, sort_table,
-                                table_direction, table_objective, top_rows, write_table)
+    from arborseg.table import (
+        campaign_summary,
+        format_table,
+        group_table,
+        select_columns,
+        sort_table,
+        table_direction,
+        table_objective,
+        top_rows,
+        write_table,
+    )
 
     if args.summary and args.group_by:
         raise CampaignError("--summary and --group-by are two different views: give one of them")
@@ -49,6 +60,7 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _plots(args: argparse.Namespace) -> int:
+    require_positive(args, "top_trees")
     from arborseg.viz.plots import make_plots
 
     runs, table = _load(args)
@@ -60,6 +72,7 @@ def _plots(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    require_positive(args, "top")
     from arborseg.viz.report import build_report
 
     index = build_report(args.run_dirs, args.out, top=args.top, title=args.title, where=args.where,
@@ -68,8 +81,8 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub, command) -> None:
-    """Add the result commands to the `arborseg` parser; ``command`` registers their functions."""
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the result commands to the `arborseg` parser."""
     p = sub.add_parser("table", help="the run table of one or more campaigns: sort, filter, group, export",
                        description="One row per trial (campaign, state, tree, family, size, hyperparameters, every "
                                    "metric, time, failure reason), best first. RUN_DIR is a campaign folder or a "
@@ -94,7 +107,7 @@ def add_parsers(sub, command) -> None:
                    help="terminal (default), csv, md, html, parquet (needs pyarrow) or json; with --out the "
                         "suffix chooses when --format is not given")
     p.add_argument("--out", metavar="FILE", help="write to this file instead of the terminal")
-    command("table")(_table)
+    p.set_defaults(handler=_table)
 
     p = sub.add_parser("plots", help="plots of one or more campaigns (PNG and SVG)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -106,7 +119,7 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--importance", choices=("auto", "fanova", "mdi", "ped-anova"), default="auto",
                    help="importance evaluator (fanova and mdi need scikit-learn; auto: fanova if present, else "
                         "PED-ANOVA)")
-    command("plots")(_plots)
+    p.set_defaults(handler=_plots)
 
     p = sub.add_parser("report", help="a static HTML report of one or more campaigns (share the folder)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -117,4 +130,4 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--format", nargs="+", choices=("png", "svg"), default=["png", "svg"],
                    help="plot files written (the page shows PNG and links SVG)")
     p.add_argument("--importance", choices=("auto", "fanova", "mdi", "ped-anova"), default="auto")
-    command("report")(_report)
+    p.set_defaults(handler=_report)

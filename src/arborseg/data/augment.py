@@ -12,8 +12,9 @@ intensity: {p: 0.5}}``; ``true`` takes the defaults of a block, ``false``/omitte
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -83,7 +84,7 @@ class Augmenter:
     intensity: Intensity | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, source: str = "augmentation") -> "Augmenter":
+    def from_dict(cls, d: Mapping[str, Any] | None, source: str = "augmentation") -> Augmenter:
         """Build from ``{flip: ..., rot90: ..., elastic: ..., intensity: ...}`` (omitted = off)."""
         if d is None:
             return cls(flip=None, rot90=None)
@@ -159,7 +160,7 @@ def elastic_deform(image: np.ndarray, labels: np.ndarray, weights: np.ndarray | 
         for c in range(image.shape[0]):
             out_img[c, z] = ndimage.map_coordinates(image[c, z], coords, order=params.order, mode="mirror")
         out_lab[z] = ndimage.map_coordinates(labels[z], coords, order=0, mode="mirror")
-        if weights is not None:
+        if weights is not None and out_w is not None:
             out_w[z] = ndimage.map_coordinates(weights[z], coords, order=1, mode="mirror")
     return out_img, out_lab, out_w
 
@@ -191,7 +192,7 @@ def _suggest(word: Any, valid: tuple[str, ...]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
 
 
-def _block(kind: type, value: Any, key: str) -> Any:
+def _block(kind: type[Any], value: Any, key: str) -> Any:
     if value is None or value is False:
         return None
     if value is True:

@@ -28,10 +28,11 @@ file and key path, e.g. ``vnc_mito.yaml: regions.train.z: [30, 40] is outside th
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import yaml
@@ -95,7 +96,7 @@ class DataConfig:
     # ------------------------------------------------------------------------------------- loading
     @classmethod
     def from_dict(cls, d: Any, source: str = "<data>", base_dir: str | Path | None = None, *,
-                  check_labels: bool = True, key_prefix: str = "") -> "DataConfig":
+                  check_labels: bool = True, key_prefix: str = "") -> DataConfig:
         """Validate a parsed data mapping. ``base_dir``: the YAML's folder (for relative paths);
         ``key_prefix``: where the mapping sits in a larger file (e.g. ``"data"`` in a campaign)."""
         return _Parser(source, base_dir, key_prefix).config(d, check_labels)
@@ -148,7 +149,7 @@ class DataConfig:
 
     def read_raw(self, name: str) -> np.ndarray:
         """The raw voxels of a region, as stored (no normalisation)."""
-        return self.region(name).read(self.open_raw())
+        return self._read_finite(self.region(name))
 
     def read_labels(self, name: str) -> np.ndarray:
         """The class indices of a region (int64, label_map applied)."""
@@ -169,10 +170,24 @@ class DataConfig:
     def _preprocessed(self, region: Region) -> np.ndarray:
         volume = self.open_raw()
         if not self.preprocessing:
-            return region.read(volume).astype(np.float32)
+            return self._read_finite(region).astype(np.float32)
         norm = Normalizer(preprocessing=dict(self.preprocessing))
         halo = norm.halo
-        return region.crop_halo(norm.preprocess(region.read(volume, halo)), volume.shape, halo)
+        return region.crop_halo(norm.preprocess(self._read_finite(region, halo)), volume.shape, halo)
+
+    def _read_finite(self, region: Region, halo_yx: int = 0) -> np.ndarray:
+        """Raw voxels of ``region`` (with ``halo_yx`` of xy context); DataError if a floating-point volume
+        holds NaN or inf there (they would only surface later as a NaN loss)."""
+        volume = self.open_raw()
+        raw = region.read(volume, halo_yx)
+        if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+            bad = ~np.isfinite(raw)
+            start = [s.start for s in region.expanded(volume.shape, halo_yx)]
+            first = ", ".join(f"{a}={int(i) + s}" for a, i, s in zip(AXES, np.argwhere(bad)[0], start))
+            raise DataError(f"{self.source}: raw {self.raw or 'volume'}: {int(bad.sum())} NaN/inf voxels in region "
+                            f"{region.name} (first at {first}); replace them, e.g. with np.nan_to_num, or choose "
+                            f"regions without them")
+        return raw
 
     def normalizer(self) -> Normalizer:
         """Preprocessing + normalisation fitted on the training region (cached); reuse it on new volumes

@@ -13,8 +13,7 @@ def candidate_dirs(yaml_dir: str | Path | None) -> list[Path]:
     if yaml_dir is not None:
         folder = Path(yaml_dir).expanduser().resolve()
         dirs += [folder, *folder.parents]
-    seen: set[Path] = set()
-    return [d for d in dirs if not (d in seen or seen.add(d))]
+    return list(dict.fromkeys(dirs))  # first occurrence of each, in order
 
 
 def resolve_spec(spec: str, yaml_dir: str | Path | None) -> tuple[str | None, list[Path]]:

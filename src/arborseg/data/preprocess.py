@@ -8,8 +8,9 @@ volumes applies exactly the same transform (``Normalizer.from_dict(bundle["norma
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -116,7 +117,7 @@ class Normalizer:
 
     @classmethod
     def fit(cls, raw: np.ndarray, mode: str = "percentile", low: float = 1.0, high: float = 99.0,
-            preprocessing: Mapping[str, Any] | None = None, *, preprocessed: bool = False) -> "Normalizer":
+            preprocessing: Mapping[str, Any] | None = None, *, preprocessed: bool = False) -> Normalizer:
         """Fit on (training) raw data; pass ``preprocessed=True`` if the filters were applied already."""
         steps = dict(preprocessing or {})
         data = raw if preprocessed else preprocess(raw, steps)
@@ -143,7 +144,7 @@ class Normalizer:
                 "preprocessing": _plain(self.preprocessing)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Normalizer":
+    def from_dict(cls, d: Mapping[str, Any]) -> Normalizer:
         unknown = set(d) - {"mode", "low", "high", "stats", "preprocessing"}
         if unknown:
             raise DataError(f"normalizer: unknown keys {sorted(unknown)}")

@@ -21,7 +21,7 @@ class Region:
     x: tuple[int, int]
 
     @classmethod
-    def whole(cls, name: str, shape: tuple[int, int, int]) -> "Region":
+    def whole(cls, name: str, shape: tuple[int, int, int]) -> Region:
         return cls(name, (0, shape[0]), (0, shape[1]), (0, shape[2]))
 
     @property
@@ -62,7 +62,7 @@ class Region:
         dy, dx = self.y[0] - grown[1].start, self.x[0] - grown[2].start
         return array[..., dy:dy + self.shape[1], dx:dx + self.shape[2]]
 
-    def overlaps(self, other: "Region") -> bool:
+    def overlaps(self, other: Region) -> bool:
         return all(max(a0, b0) < min(a1, b1) for (a0, a1), (b0, b1) in zip(self.ranges, other.ranges))
 
     def contains(self, point: tuple[int, int, int]) -> bool:

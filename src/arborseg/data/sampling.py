@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,8 @@ class PatchSampler:
         samples = [self.sample() for _ in range(int(batch_size))]
         x = np.stack([s[0] for s in samples])
         y = np.stack([s[1] for s in samples])
-        w = None if self.weights is None else np.stack([s[2] for s in samples])
+        weights = [s[2] for s in samples if s[2] is not None]
+        w = None if self.weights is None else np.stack(weights)
         return x, y, w
 
     def __iter__(self):

@@ -14,9 +14,10 @@ only what is asked for and returns an ``np.ndarray``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class Volume:
                 pass
             self._array = None
 
-    def __enter__(self) -> "Volume":
+    def __enter__(self) -> Volume:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -273,7 +274,10 @@ class _TiffPages:
         zs = range(*key[0].indices(self.shape[0]))
         out = np.empty((len(zs),) + self.shape[1:], self.dtype)
         for i, z in enumerate(zs):
-            out[i] = self._pages[z].asarray()
+            page = self._pages[z]
+            if page is None:
+                raise DataError(f"{self.path}: page {z} of the TIFF stack cannot be read")
+            out[i] = page.asarray()
         return out[(slice(None),) + tuple(key[1:])]
 
 
@@ -395,7 +399,7 @@ def write_volume(path: str | Path, array: np.ndarray, chunks: tuple[int, int, in
     path_text, key = split_spec(path)
     target = Path(path_text).expanduser()
     fmt = volume_format(target)
-    chunks = tuple(chunks) if chunks is not None else default_chunks(array.shape)
+    chunk_shape = tuple(chunks) if chunks is not None else default_chunks(array.shape)
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "tiff":
         import tifffile
@@ -411,17 +415,17 @@ def write_volume(path: str | Path, array: np.ndarray, chunks: tuple[int, int, in
         with h5py.File(target, "a") as f:
             if key in f:
                 del f[key]
-            f.create_dataset(key, data=array, chunks=chunks)
+            f.create_dataset(key, data=array, chunks=chunk_shape)
         return f"{target}:{key}"
     zarr = _zarr()
     if key is None:
-        z = zarr.open_array(str(target), mode="w", shape=array.shape, dtype=array.dtype, chunks=chunks)
+        z = zarr.open_array(str(target), mode="w", shape=array.shape, dtype=array.dtype, chunks=chunk_shape)
         z[...] = array
         return str(target)
     group = zarr.open_group(str(target), mode="a")
     if hasattr(group, "create_array"):  # zarr 3
-        z = group.create_array(key, shape=array.shape, dtype=array.dtype, chunks=chunks, overwrite=True)
+        z = group.create_array(key, shape=array.shape, dtype=array.dtype, chunks=chunk_shape, overwrite=True)
     else:  # zarr 2
-        z = group.create_dataset(key, shape=array.shape, dtype=array.dtype, chunks=chunks, overwrite=True)
+        z = group.create_dataset(key, shape=array.shape, dtype=array.dtype, chunks=chunk_shape, overwrite=True)
     z[...] = array
     return f"{target}:{key}"

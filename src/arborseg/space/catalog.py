@@ -46,9 +46,10 @@ class ParamSpec:
             return f"expected {self.kind.__name__}, got {type(value).__name__} {value!r}"
         if self.options is not None and value not in self.options:
             return f"{value!r} is not one of {list(self.options)}"
-        if self.low is not None and value < self.low:
+        number: Any = value  # int or float when low/high are set (isinstance above narrowed it to object)
+        if self.low is not None and number < self.low:
             return f"{value!r} is below the minimum {self.low}"
-        if self.high is not None and value > self.high:
+        if self.high is not None and number > self.high:
             return f"{value!r} is above the maximum {self.high}"
         return None
 

@@ -38,7 +38,7 @@ class NodeSpec:
 
     type: str
     values: dict[str, Value]
-    children: tuple["NodeSpec | OneOfSpec", ...]
+    children: tuple[NodeSpec | OneOfSpec, ...]
     path: str
 
 
@@ -46,7 +46,7 @@ class NodeSpec:
 class OneOfSpec:
     """A structural choice between alternative nodes."""
 
-    options: tuple["NodeSpec | OneOfSpec", ...]
+    options: tuple[NodeSpec | OneOfSpec, ...]
     path: str
 
 
@@ -244,11 +244,11 @@ class _Parser:
             return Constant(spec.coerce(raw))
         keys = set(raw)
         forms = ("int", "float", "choice", "times")
-        kind = [k for k in forms if k in keys]
-        if len(kind) != 1:
+        kinds = [k for k in forms if k in keys]
+        if len(kinds) != 1:
             raise self.fail(path, "expected a constant or exactly one of {int: [lo, hi]}, {float: [lo, hi]}, "
                             "{choice: [a, b]}, {times: f}" + (f"; found keys {sorted(keys)}" if keys else ""))
-        kind = kind[0]
+        kind = kinds[0]
         allowed = {"int": {"int", "log", "step"}, "float": {"float", "log"}, "choice": {"choice"},
                    "times": {"times"}}[kind]
         for key in keys - allowed:
@@ -266,7 +266,9 @@ class _Parser:
         if kind == "times":
             if spec.kind not in (int, float) or not inheritable:
                 raise self.fail(f"{path}.times", f"'times' adjusts an inherited number; {spec.name} is not one")
-            return Times(self.value(raw["times"], FACTOR_SPEC, f"{path}.times", inheritable=False))
+            factor = self.value(raw["times"], FACTOR_SPEC, f"{path}.times", inheritable=False)
+            assert not isinstance(factor, Times)  # a factor is not inheritable, so never itself a Times
+            return Times(factor)
         bounds = raw[kind]
         log = raw.get("log", False)
         if not isinstance(log, bool):

@@ -3,18 +3,24 @@
 Inherited values flow from parents to children: a value set on a node (or in ``defaults``)
 applies to all descendants unless one overrides it or adjusts it with ``{times: f}``.
 ``repeat`` nodes are expanded into a ``sequence`` of independently sampled copies.
+:func:`sample_distinct` draws several distinct trees, e.g. a campaign's random trees.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from arborseg.log import get_logger
 from arborseg.space.catalog import INHERITED, MODULE_SPECS, TRAINING_PARAMS, WINDOW_PARAMS
-from arborseg.space.loader import NodeSpec, OneOfSpec, SearchSpace
+from arborseg.space.loader import NodeSpec, OneOfSpec, SearchSpace, load_space
 from arborseg.space.values import Draw, RandomDraw, Times, Value
 from arborseg.tree import ModuleNode, ModuleTree
+
+log = get_logger(__name__)
 
 
 def sample_tree(space: SearchSpace, seed_or_draw: Any = 0) -> ModuleTree:
@@ -34,6 +40,29 @@ def sample_tree(space: SearchSpace, seed_or_draw: Any = 0) -> ModuleTree:
     structural = sorted(getattr(draw, "structural", set()))
     return ModuleTree(root, (int(window_z), int(window_xy), int(window_xy)), tuple(sorted(training.items())),
                       space.name, tuple(record.items()), tuple(structural))
+
+
+def sample_distinct(path: str | Path, n: int, seed: int, max_tries: int = 50,
+                    accept: Callable[[ModuleTree], bool] | None = None) -> list[ModuleTree]:
+    """Sample ``n`` distinct trees from the space file ``path``; draw i uses the i-th child of
+    SeedSequence(seed). Draws that repeat a tree or that ``accept`` turns down are skipped."""
+    space = load_space(path)
+    trees: list[ModuleTree] = []
+    seen: set[str] = set()
+    children = np.random.SeedSequence(seed).spawn(n * max_tries)
+    for child in children:
+        tree = space.sample(np.random.default_rng(child))
+        if tree.id in seen:
+            continue
+        seen.add(tree.id)
+        if accept is not None and not accept(tree):
+            continue
+        trees.append(tree)
+        if len(trees) == n:
+            break
+    if len(trees) < n and accept is None:  # with a filter, the caller says what was turned down
+        log.warning("the space %s has only %d distinct trees within %d draws", space.name, len(trees), len(children))
+    return trees
 
 
 def _value(value: Value, path: str, draw: Draw, structural: bool, inherited: Any) -> Any:
