@@ -1,11 +1,11 @@
 # arborseg: two commands on a fresh machine.
 #   make quickstart   set up, then run the quickstart campaign on an embedded synthetic EM volume
-#   make test         set up, then run the test suite
+#   make test         set up, lint, then run the test suite
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup quickstart test ci-services bench clean
+.PHONY: setup quickstart lint test ci-services bench clean
 
 setup:
 	@# Where no NVIDIA GPU is present, take the CPU build of torch first (the project itself accepts a range).
@@ -18,7 +18,12 @@ setup:
 quickstart: setup
 	arborseg search examples/quickstart.yaml
 
-test: setup
+# ruff (ruff.toml) on the code, tests and benchmarks; mypy (mypy.ini) on the package
+lint: setup
+	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m mypy
+
+test: lint
 	$(PYTHON) -m pytest -q
 
 ci-services:
