@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from _readme import cpu_model, update_readme  # noqa: E402,F401 - shared by the benchmarks
+from _readme import cpu_model, update_readme  # noqa: F401 - shared by the benchmarks
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

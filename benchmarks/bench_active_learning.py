@@ -131,7 +131,7 @@ def gains(rows: list[dict]) -> list[list[str]]:
     for ds in sorted({r["dataset"] for r in sub}):
         last = max(r["labeled_units"] for r in sub if r["dataset"] == ds)
 
-        def stat(method: str, metric: str, only_last: bool) -> float:
+        def stat(method: str, metric: str, only_last: bool, ds: str = ds, last: int = last) -> float:
             v = [r[metric] for r in sub if r["dataset"] == ds and r["method"] == method and r["round"] > 0
                  and (r["labeled_units"] == last or not only_last)]
             return float(np.mean(v)) if v else float("nan")

@@ -104,7 +104,7 @@ def worker(mode: str, tmp: Path, k: int, block) -> dict:
     import torch  # noqa: F401
     import zarr  # noqa: F401
 
-    import arborseg.bundle.load  # noqa: F401
+    import arborseg.bundle.load
     import arborseg.inference.blockwise  # noqa: F401
     from arborseg.bundle import load_bundle, predict_bundle
 

@@ -105,9 +105,8 @@ def main() -> None:
         print(json.dumps(worker(src, out, float(cap), args.batch)))
         return
     sys.path.insert(0, str(HERE))
-    from bench_tiled_prediction import machine, update_readme
-
     import numpy as np
+    from bench_tiled_prediction import machine, update_readme
 
     shape = tuple(args.shape)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-large-"))

@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _campaign_bench import (  # noqa: E402
+from _campaign_bench import (
     TINY_DATA,
     load,
     machine,

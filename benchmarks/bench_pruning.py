@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _campaign_bench import load, machine, quickstart_campaign, run_campaign, trial_records, update_readme  # noqa: E402
+from _campaign_bench import load, machine, quickstart_campaign, run_campaign, trial_records, update_readme
 
 SECTION = "Pruning"
 

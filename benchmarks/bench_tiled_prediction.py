@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _readme import cpu_model, update_readme  # noqa: E402,F401 - shared by the benchmarks
+from _readme import cpu_model, update_readme  # shared by the benchmarks
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

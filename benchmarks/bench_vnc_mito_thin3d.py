@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _readme import update_readme  # noqa: E402
-from bench_thin3d_builder import PAPER_TREE  # noqa: E402
+from _readme import update_readme
+from bench_thin3d_builder import PAPER_TREE
 
-from arborseg.data import load_data_config  # noqa: E402
-from arborseg.errors import DataError  # noqa: E402
-from arborseg.train.settings import TrainSettings  # noqa: E402
-from arborseg.train.trainer import train_and_score  # noqa: E402
-from arborseg.tree import ModuleTree  # noqa: E402
+from arborseg.data import load_data_config
+from arborseg.errors import DataError
+from arborseg.train.settings import TrainSettings
+from arborseg.train.trainer import train_and_score
+from arborseg.tree import ModuleTree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def main() -> None:
     try:
         data = load_data_config(args.data)
     except DataError as exc:
-        raise SystemExit(f"skipped: {exc} (the VNC data lives in ../shared/data)")
+        raise SystemExit(f"skipped: {exc} (the VNC data lives in ../shared/data)") from None
     tree = ModuleTree.from_dict(PAPER_TREE | {"window": [3, args.xy, args.xy],
                                               "training": PAPER_TREE["training"] | {"batch_size": args.batch_size}})
     rows = []

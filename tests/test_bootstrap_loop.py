@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from arborseg.bootstrap import BootstrapProject, ProjectSettings
-from arborseg.bootstrap.models import (ArrayData, LabelTrainer, mc_dropout_probs, train_models, unit_embeddings,
-                                       with_dropout)
+from arborseg.bootstrap.models import (
+    ArrayData,
+    LabelTrainer,
+    mc_dropout_probs,
+    train_models,
+    unit_embeddings,
+    with_dropout,
+)
 from arborseg.bootstrap.paint import read_label_stack
 from arborseg.bootstrap.pseudo import make_pseudo_labels
 from arborseg.bootstrap.units import make_units

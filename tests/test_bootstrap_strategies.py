@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from arborseg.bootstrap.strategies import (STRATEGIES, SelectionContext, bald, bald_from_samples, entropy,
-                                           get_strategy)
+from arborseg.bootstrap.strategies import STRATEGIES, SelectionContext, bald, bald_from_samples, entropy, get_strategy
 from arborseg.bootstrap.units import Unit, make_units
 from arborseg.errors import ArborsegError
 
@@ -104,8 +103,8 @@ def test_strategy_without_what_it_needs_says_so():
 
 
 def test_cli_lists_every_strategy(capsys):
-    from arborseg.cli.bootstrap import STRATEGY_HELP
     from arborseg.cli import main
+    from arborseg.cli.bootstrap import STRATEGY_HELP
 
     assert list(STRATEGY_HELP) == list(STRATEGIES)
     with pytest.raises(SystemExit):

@@ -8,11 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_table import make_fake_campaign, real_run  # noqa: F401 - real_run is a fixture
 
 from arborseg.cli import main
 from arborseg.viz.report import build_report, dashboard_command
-
-from test_table import make_fake_campaign, real_run  # noqa: F401 - real_run is a fixture
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
                  if shutil.which(n)), None)

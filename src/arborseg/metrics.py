@@ -33,7 +33,7 @@ Keys of :func:`score_segmentation` (others depend on these names exactly)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 from scipy import ndimage
@@ -69,7 +69,7 @@ def direction_of(metric: str) -> str:
     return "minimize" if minimise(metric) else "maximize"
 
 
-def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _div(num: np.ndarray, den: np.ndarray | float) -> np.ndarray:
     """num / den as float64, NaN where den == 0."""
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
@@ -201,6 +201,18 @@ def _instances(labels: np.ndarray, boundary_class: int, mode: Mode, valid: np.nd
     return ndimage.label(fg, structure=_structure(labels.ndim, mode))[0]
 
 
+@overload
+def adapted_rand_error(pred_labels: np.ndarray, target_labels: np.ndarray, boundary_class: int = ...,
+                       mode: Mode = ..., ignore_value: int | None = ...,
+                       return_prec_rec: Literal[False] = ...) -> float: ...
+@overload
+def adapted_rand_error(pred_labels: np.ndarray, target_labels: np.ndarray, boundary_class: int = ...,
+                       mode: Mode = ..., ignore_value: int | None = ...,
+                       *, return_prec_rec: Literal[True]) -> tuple[float, float, float]: ...
+@overload
+def adapted_rand_error(pred_labels: np.ndarray, target_labels: np.ndarray, boundary_class: int = ...,
+                       mode: Mode = ..., ignore_value: int | None = ...,
+                       return_prec_rec: bool = ...) -> float | tuple[float, float, float]: ...
 def adapted_rand_error(
     pred_labels: np.ndarray,
     target_labels: np.ndarray,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import networkx as nx
 import yaml
@@ -27,7 +28,7 @@ class ModuleNode:
 
     type: str
     params: tuple[tuple[str, Any], ...] = ()
-    children: tuple["ModuleNode", ...] = ()
+    children: tuple[ModuleNode, ...] = ()
 
     @property
     def p(self) -> dict[str, Any]:
@@ -36,7 +37,7 @@ class ModuleNode:
     def get(self, key: str, default: Any = None) -> Any:
         return self.p.get(key, default)
 
-    def walk(self) -> Iterator["ModuleNode"]:
+    def walk(self) -> Iterator[ModuleNode]:
         yield self
         for child in self.children:
             yield from child.walk()
@@ -49,7 +50,7 @@ class ModuleNode:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModuleNode":
+    def from_dict(cls, data: dict[str, Any]) -> ModuleNode:
         data = dict(data)
         kind = data.pop("type")
         children = tuple(cls.from_dict(c) for c in data.pop("children", []))
@@ -149,7 +150,7 @@ class ModuleTree:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<tree>") -> "ModuleTree":
+    def from_dict(cls, data: dict[str, Any], source: str = "<tree>") -> ModuleTree:
         if not isinstance(data, dict) or "root" not in data or "window" not in data:
             raise TreeError(f"{source}: not a module tree (needs keys 'root' and 'window'; "
                             "make one with `arborseg space sample`)")
@@ -170,7 +171,7 @@ class ModuleTree:
         return tree
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "<tree>") -> "ModuleTree":
+    def from_yaml(cls, text: str, source: str = "<tree>") -> ModuleTree:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -178,14 +179,15 @@ class ModuleTree:
         return cls.from_dict(data, source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModuleTree":
+    def load(cls, path: str | Path) -> ModuleTree:
         path = Path(path)
         if not path.is_file():
             raise TreeError(f"{path}: no such tree file")
         return cls.from_yaml(path.read_text(), source=str(path))
 
-    def with_window(self, window: tuple[int, int, int]) -> "ModuleTree":
-        return ModuleTree(self.root, tuple(window), self.training, self.space, self.choices, self.structural)
+    def with_window(self, window: tuple[int, int, int]) -> ModuleTree:
+        window = (*window,)  # a tuple even when given a list
+        return ModuleTree(self.root, window, self.training, self.space, self.choices, self.structural)
 
     # ------------------------------------------------------------------ graphs
     def graph(self) -> nx.DiGraph:

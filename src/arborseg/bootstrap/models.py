@@ -12,9 +12,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -104,7 +104,7 @@ def train_models(tree: ModuleTree, data: ArrayData, settings: TrainSettings, out
     """Train ``members`` copies of ``tree`` (seeds ``settings.seed + i``) on the labeled voxels of ``data``.
 
     Each member writes its ``model.pt`` to ``out_dir/member_<i>``; the models come back in eval mode."""
-    models = []
+    models: list[torch.nn.Module] = []
     for i in range(members):
         member_settings = TrainSettings.from_dict({**settings.__dict__, "seed": settings.seed + i, "overlays": False})
         trainer = LabelTrainer(tree, data, member_settings, Path(out_dir) / f"member_{i}", voxel_weights, progress)
@@ -169,7 +169,8 @@ def mc_dropout_samples(model: torch.nn.Module, raw: np.ndarray, window: Sequence
     torch.manual_seed(seed)
     with _dropout_active(model) as n_layers:
         if n_layers == 0:
-            raise ArborsegError(f"{model.tree.name if hasattr(model, 'tree') else 'the network'} has no dropout "
+            tree = getattr(model, "tree", None)
+            raise ArborsegError(f"{tree.name if tree is not None else 'the network'} has no dropout "
                                 "layers, so MC dropout gives one answer; train with dropout > 0 (--dropout 0.1) "
                                 "or use bald_ensemble")
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -38,8 +39,8 @@ from arborseg.bootstrap.strategies import get_strategy
 from arborseg.bootstrap.units import UNIT_KINDS, Unit, labeled_units, make_units, scatter_units, stack_units
 from arborseg.data import Normalizer, write_volume
 from arborseg.errors import ArborsegError
-from arborseg.runs import TREE_FILE, load_tree, save_tree
 from arborseg.log import get_logger
+from arborseg.runs import TREE_FILE, load_tree, save_tree
 from arborseg.train.settings import TrainSettings
 from arborseg.tree import ModuleTree
 
@@ -91,7 +92,7 @@ class ProjectSettings:
                                 "pseudo_lambda: null")
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = PROJECT_FILE) -> "ProjectSettings":
+    def from_dict(cls, data: dict, where: str = PROJECT_FILE) -> ProjectSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -117,7 +118,7 @@ class BootstrapProject:
     # ------------------------------------------------------------------------------------- creation
     @classmethod
     def create(cls, folder: str | Path, raw: np.ndarray, labels: np.ndarray, tree: ModuleTree,
-               settings: ProjectSettings, pseudo_tree: ModuleTree | None = None) -> "BootstrapProject":
+               settings: ProjectSettings, pseudo_tree: ModuleTree | None = None) -> BootstrapProject:
         """Write a new project: the volume, the initial labels (ignore_value = unlabeled), the tree(s)."""
         folder = Path(folder)
         if (folder / PROJECT_FILE).exists():

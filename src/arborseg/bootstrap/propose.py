@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -47,8 +47,10 @@ def build_context(strategy: str, models: Sequence[torch.nn.Module], raw: np.ndar
 def mean_probs(models: Sequence[torch.nn.Module], raw: np.ndarray, window: Sequence[int], n_classes: int,
                device: str = "cpu", z_range: tuple[int, int] | None = None) -> np.ndarray:
     """The mean class probabilities (C, Z, Y, X) of ``models`` over slices ``z_range``."""
-    total = None
+    total: np.ndarray | None = None
     for m in models:
         p = predict_probs(m, raw, window, n_classes, device, z_range)
         total = p if total is None else total + p
+    if total is None:
+        raise ArborsegError("mean probabilities need at least one model")
     return total / len(models)

@@ -8,9 +8,10 @@ The rows (one per round) give learning curves of IoU and FN-401 against labeled 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -128,6 +129,7 @@ def simulate(pool: SimVolume, evals: Sequence[SimVolume], tree: ModuleTree, stra
             else None
         out = Path(out_dir) / f"round_{round_:02d}"
         if s.pseudo_lambda is not None:
+            assert tree2d is not None  # checked above
             models, _ = train_with_pseudo_labels(net, tree2d, data, settings_t, out, s.pseudo_lambda,
                                                  members=members, voxel_weights=weights, progress=s.progress)
         else:

@@ -18,8 +18,8 @@ coreset            greedy k-centre on bottleneck embeddings: farthest from every
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -46,7 +46,14 @@ class SelectionContext:
 
     def unit_probs(self, unit: Unit) -> np.ndarray:
         """(C, h, w) probabilities of one unit."""
-        return self.probs[(slice(None),) + unit.slices][:, 0]
+        return _computed(self.probs, "probs")[(slice(None),) + unit.slices][:, 0]
+
+
+def _computed(value: np.ndarray | None, name: str) -> np.ndarray:
+    """A context field a strategy needs (:meth:`Strategy.select` checks them first)."""
+    if value is None:
+        raise ArborsegError(f"{name} was not computed")
+    return value
 
 
 
@@ -72,14 +79,15 @@ def bald(samples: np.ndarray) -> np.ndarray:
 def bald_from_samples(samples: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(mean probabilities (C, ...), BALD per voxel (...)) of probability maps (C, ...) given one at a time,
     so that many samples of a large volume never sit in memory together."""
-    total = mean_entropy = None
+    total: np.ndarray | None = None
+    mean_entropy: np.ndarray | None = None
     n = 0
     for p in samples:
         h = entropy(p, axis=0)
         total = p.astype(np.float64) if total is None else total + p
         mean_entropy = h if mean_entropy is None else mean_entropy + h
         n += 1
-    if n == 0:
+    if total is None or mean_entropy is None:  # n == 0
         raise ArborsegError("BALD needs at least one sample")
     mean = (total / n).astype(np.float32)
     return mean, np.maximum(entropy(mean, axis=0) - mean_entropy / n, 0.0).astype(np.float32)
@@ -106,6 +114,7 @@ class Strategy:
                 raise ArborsegError(f"strategy {self.name} needs {need}, which was not computed")
         if self.pick is not None:
             return [ctx.candidates[i] for i in self.pick(ctx, k)]
+        assert self.score is not None, f"strategy {self.name} has neither score nor pick"
         return [ctx.candidates[i] for i in rank(self.score(ctx), ctx.rng)[:k]]
 
 
@@ -134,7 +143,7 @@ def _least_confidence(ctx: SelectionContext) -> np.ndarray:
 
 
 def _bald(ctx: SelectionContext) -> np.ndarray:
-    return np.array([ctx.mutual_information[u.slices].mean() for u in ctx.candidates])
+    return np.array([_computed(ctx.mutual_information, "mutual_information")[u.slices].mean() for u in ctx.candidates])
 
 
 def _standardise(emb: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -145,7 +154,8 @@ def _standardise(emb: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def _kmeans(ctx: SelectionContext, k: int) -> list[int]:
     from scipy.cluster.vq import kmeans2
 
-    emb = _standardise(ctx.embeddings, ctx.embeddings).astype(np.float64)
+    embeddings = _computed(ctx.embeddings, "embeddings")
+    emb = _standardise(embeddings, embeddings).astype(np.float64)
     if k >= len(emb):
         return list(rank(np.zeros(len(emb)), ctx.rng))
     seed = int(ctx.rng.integers(2 ** 31))
@@ -163,7 +173,7 @@ def _kmeans(ctx: SelectionContext, k: int) -> list[int]:
 
 
 def _coreset(ctx: SelectionContext, k: int) -> list[int]:
-    emb = ctx.embeddings.astype(np.float64)
+    emb = _computed(ctx.embeddings, "embeddings").astype(np.float64)
     both = emb if ctx.labeled_embeddings is None or not len(ctx.labeled_embeddings) else \
         np.concatenate([emb, ctx.labeled_embeddings.astype(np.float64)])
     emb = _standardise(emb, both)

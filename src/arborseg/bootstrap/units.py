@@ -7,8 +7,8 @@ units stacks into one (k, h, w) image for painting.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class Unit:
         return [self.z, self.y0, self.x0, self.h, self.w]
 
     @classmethod
-    def from_list(cls, values: Sequence[int]) -> "Unit":
+    def from_list(cls, values: Sequence[int]) -> Unit:
         return cls(*(int(v) for v in values))
 
     def __str__(self) -> str:
@@ -48,7 +48,7 @@ class Unit:
 
 
 def make_units(shape: Sequence[int], kind: str = "slice", tile: int = 256,
-               z_range: tuple[int, int] | None = None) -> list[Unit]:
+               z_range: Sequence[int] | None = None) -> list[Unit]:
     """Every unit of a (Z, Y, X) volume (optionally only slices ``z_range = [start, stop)``).
 
     Tiles are ``tile`` x ``tile`` on a regular grid; a Y or X that ``tile`` does not divide is an error,

@@ -137,8 +137,10 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
         except Exception as exc:
             raise BundleError(f"{path}: member {e.get('key', i)}: cannot load its TorchScript module ({exc})") \
                 from None
-        members.append(BundleMember(str(e["key"]), module, tuple(int(v) for v in e["window"]), float(e["weight"]),
-                                    str(e.get("tree_name", "")), e))
+        window = tuple(int(v) for v in e["window"])
+        if len(window) != 3:
+            raise BundleError(f"{path}: member {e.get('key', i)}: window {list(window)} is not three sizes (z, y, x)")
+        members.append(BundleMember(str(e["key"]), module, window, float(e["weight"]), str(e.get("tree_name", "")), e))
     if not members:
         raise BundleError(f"{path}: manifest.json lists no members")
     if reader.zip is not None:

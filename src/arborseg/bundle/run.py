@@ -15,12 +15,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from arborseg.errors import BundleError
 from arborseg.log import get_logger
+
+if TYPE_CHECKING:
+    import zarr
 
 log = get_logger(__name__)
 
@@ -90,6 +93,16 @@ def _slabs(n: int, step: int):
         yield slice(z0, min(n, z0 + step))
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of the prediction store (zarr types a member as an array or a group)."""
+    import zarr
+
+    arr = group[name]
+    if not isinstance(arr, zarr.Array):
+        raise BundleError(f"{name} in the prediction store is not an array")
+    return arr
+
+
 def _copy_out(store: Path, out: Path, suffix: str, targets: list[Path], probs: bool, uncertainty: str | None,
               probs_dtype: str, progress: bool) -> dict[str, Any]:
     """Copy the Zarr result into TIFF files or one HDF5 file, a z-slab of whole chunks at a time."""
@@ -106,14 +119,14 @@ def _copy_out(store: Path, out: Path, suffix: str, targets: list[Path], probs: b
     if progress:
         from tqdm.auto import tqdm
 
-        pages = sum(int(np.prod(group[n].shape[:-2])) for n in names)  # z-slices (x classes for probs)
+        pages = sum(int(np.prod(_array(group, n).shape[:-2])) for n in names)  # z-slices (x classes for probs)
         bar = tqdm(total=pages, desc="write", unit="slice")
     try:
         if tiff:
             import tifffile
 
             for name, path in zip(names, targets):
-                arr = group[name]
+                arr = _array(group, name)
                 dtype = dtypes[name] or arr.dtype
 
                 def slices_of(arr=arr, dtype=dtype):
@@ -136,7 +149,7 @@ def _copy_out(store: Path, out: Path, suffix: str, targets: list[Path], probs: b
         out.unlink(missing_ok=True)
         with h5py.File(out, "w") as f:
             for name in names:
-                arr = group[name]
+                arr = _array(group, name)
                 dtype = dtypes[name] or arr.dtype
                 ds = f.create_dataset(name, shape=arr.shape, dtype=dtype, chunks=tuple(arr.chunks),
                                       compression="gzip", compression_opts=1)

@@ -83,7 +83,7 @@ def _campaign_models(run_dir: str, top: int) -> list[Path]:
 
     table = sort_table(run_table([run_dir]))
     table = table[table["state"] == "COMPLETE"]
-    models = [TrialFolder(str(d)).model_path for d in table["artifact_dir"] if d]
+    models = [TrialFolder(Path(str(d))).model_path for d in table["artifact_dir"] if d]
     paths = [p for p in models if p.is_file()]
     if not paths:
         raise ArborsegError(f"{run_dir}: no completed trial with a {MODEL_FILE}; run the campaign first")

@@ -95,7 +95,7 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return np.clip(h, 0, limit, out=h)
 
 
-def _normalised(weights: Sequence[float] | None, m: int) -> np.ndarray | None:
+def _normalised(weights: Sequence[float] | np.ndarray | None, m: int) -> np.ndarray | None:
     """Member weights divided by their sum (float64), or None without weights."""
     if weights is None:
         return None
@@ -109,7 +109,7 @@ def fuse(
     member_probs: np.ndarray,
     fusion: Fusion | str = "mean",
     uncertainty: Uncertainty | str | None = None,
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | np.ndarray | None = None,
 ) -> Fused:
     """Fuse the members' probabilities (M, C, ...) into :class:`Fused` ``(probs, labels, uncertainty)``.
 
@@ -208,7 +208,7 @@ def _weighted_rules(member_probs: np.ndarray, fusion: str, w: np.ndarray
 
 
 def fit_weights(member_probs: np.ndarray, labels: np.ndarray, ignore_value: int | None = None,
-                init: Sequence[float] | None = None, max_voxels: int = 200_000, seed: int = 0) -> np.ndarray:
+                init: Sequence[float] | np.ndarray | None = None, max_voxels: int = 200_000, seed: int = 0) -> np.ndarray:
     """Non-negative weights (sum 1) minimising the class-balanced log-loss of the weighted mean on ``labels``.
 
     ``member_probs`` (M, C, ...) and ``labels`` (...) of the validation region; ``init``: starting weights

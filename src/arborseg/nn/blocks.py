@@ -6,8 +6,8 @@ module maps (N, C, Z, Y, X) to (N, C', Z, Y, X). Register new ones with :func:`r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,7 @@ def build_parallel(node: ModuleNode, cin: int, ctx: BuildContext) -> tuple[nn.Mo
     built = [ctx.build(child, cin) for child in node.children]
     widths = [c for _, c in built]
     merge = node.get("merge", "concat")
+    projections: list[nn.Module]
     if merge == "concat":
         projections, cout = [nn.Identity() for _ in built], sum(widths)
     else:  # add: project every branch to the widest one where widths differ

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ def window_multiple(tree: ModuleTree) -> tuple[int, int, int]:
     return mz, mxy, mxy
 
 
-def check_window(tree: ModuleTree, window: tuple[int, int, int]) -> None:
+def check_window(tree: ModuleTree, window: Sequence[int]) -> None:
     """Raise :class:`WindowError` with a suggestion when ``window`` (z, y, x) does not fit the tree."""
     if len(window) != 3 or any(int(v) < 1 for v in window):
         raise WindowError(f"window must be three positive sizes (z, y, x), got {tuple(window)}")
@@ -90,7 +91,7 @@ def count_flops(model: nn.Module, window: tuple[int, int, int], in_channels: int
 def forward_gflops(tree: ModuleTree, n_classes: int = 2, window: tuple[int, int, int] | None = None) -> float:
     """GFLOPs of one forward pass over one window (default: the tree's own), counted without allocating
     the network: it is built on PyTorch's ``meta`` device (a training step costs about 3 x batch x this)."""
-    window = tuple(window or tree.window)
+    window = (*(window or tree.window),)  # a tuple even when given a list
     check_window(tree, window)
     try:
         with torch.device("meta"):
@@ -102,7 +103,7 @@ def forward_gflops(tree: ModuleTree, n_classes: int = 2, window: tuple[int, int,
 
 def network_summary(tree: ModuleTree, n_classes: int = 2, window: tuple[int, int, int] | None = None) -> dict:
     """Parameters and FLOPs per voxel of the tree's network for ``window`` (default: its own)."""
-    window = tuple(window or tree.window)
+    window = (*(window or tree.window),)  # a tuple even when given a list
     check_window(tree, window)
     model = build_network(tree, n_classes)
     flops = count_flops(model, window)

@@ -9,6 +9,7 @@ k x k x k kernels.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +49,7 @@ class Dims:
         kernel = self.kernel(k)
         dil = self.dilation(dilation)
         padding = tuple((kk - 1) // 2 * dd for kk, dd in zip(kernel, dil))
-        cls = nn.Conv2d if self.nd == 2 else nn.Conv3d
+        cls: Callable[..., nn.Module] = nn.Conv2d if self.nd == 2 else nn.Conv3d
         return cls(cin, cout, kernel, stride=stride, padding=padding, dilation=dil, groups=groups, bias=bias)
 
     def conv1x1(self, cin: int, cout: int, bias: bool = True) -> nn.Module:
@@ -57,12 +58,12 @@ class Dims:
     def down(self, channels: int, mode: str) -> nn.Module:
         if mode == "max":
             return (nn.MaxPool2d if self.nd == 2 else nn.MaxPool3d)(self.pool_factor)
-        cls = nn.Conv2d if self.nd == 2 else nn.Conv3d
+        cls: Callable[..., nn.Module] = nn.Conv2d if self.nd == 2 else nn.Conv3d
         return cls(channels, channels, self.pool_factor, stride=self.pool_factor)
 
     def up(self, cin: int, cout: int, mode: str) -> nn.Module:
         if mode == "transposed":
-            cls = nn.ConvTranspose2d if self.nd == 2 else nn.ConvTranspose3d
+            cls: Callable[..., nn.Module] = nn.ConvTranspose2d if self.nd == 2 else nn.ConvTranspose3d
             return cls(cin, cout, self.pool_factor, stride=self.pool_factor)
         interp = "bilinear" if self.nd == 2 else "trilinear"
         return nn.Sequential(nn.Upsample(scale_factor=self.pool_factor, mode=interp, align_corners=False),
@@ -113,6 +114,7 @@ def conv_unit(dims: Dims, cin: int, cout: int, k: int, norm: str, act: str, sepa
               dropout: float = 0.0, dilation: int = 1) -> nn.Sequential:
     """conv (or depthwise + pointwise) -> norm -> activation -> dropout."""
     bias = norm == "none"
+    conv: nn.Module
     if separable and k > 1:
         conv = nn.Sequential(dims.conv(cin, cin, k, dilation, groups=cin, bias=False), dims.conv1x1(cin, cout, bias))
     else:

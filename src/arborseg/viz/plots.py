@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -412,12 +413,13 @@ def param_importances(trials: list, direction: str = "maximize", evaluator: str 
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(direction=direction)
+        # optuna checks the string itself (an unknown direction is reported below like any evaluator failure)
+        study = optuna.create_study(direction=cast(Literal["minimize", "maximize"], direction))
         study.add_trials(done)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             importances = optuna.importance.get_param_importances(study, evaluator=ev)
-    except Exception as exc:  # noqa: BLE001 - an evaluator that cannot cope with this data: say so
+    except Exception as exc:  # an evaluator that cannot cope with this data: say so
         return {}, f"{ev_name} could not rate the parameters of {len(done)} trials: {exc}"
     finally:
         optuna.logging.set_verbosity(level)

@@ -26,8 +26,16 @@ import pandas as pd
 
 from arborseg.log import get_logger
 from arborseg.runs import TrialFolder
-from arborseg.table import (CampaignRun, campaign_summary, filter_table, group_table, read_runs, run_table,
-                            sort_table, to_html_table)
+from arborseg.table import (
+    CampaignRun,
+    campaign_summary,
+    filter_table,
+    group_table,
+    read_runs,
+    run_table,
+    sort_table,
+    to_html_table,
+)
 
 log = get_logger(__name__)
 
@@ -332,9 +340,9 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, top: int = 5, 
         files = plots.get(name, [])
         png = next((p for p in files if p.suffix == ".png"), None)
         svg = next((p for p in files if p.suffix == ".svg"), None)
-        if png is None and svg is None:
-            continue
         shown = png or svg
+        if shown is None:
+            continue
         link = f' (<a href="{_e(_rel(svg, out))}">SVG</a>)' if svg and png else ""
         parts.append(f'<figure id="plot-{name}"><h3>{_e(PLOT_TITLES[name])}</h3>'
                      f'{_img(_rel(shown, out), PLOT_TITLES[name])}'
