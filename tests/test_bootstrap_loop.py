@@ -214,3 +214,9 @@ def test_next_reuses_trained_models_and_checks_their_classes(volume, trees, tmp_
     with pytest.raises(ArborsegError, match="predict 3 classes but the project has 2"):
         two.next(model_paths=paths, progress=False)
     assert two.pending() is None and two.iteration_dirs() == []  # a failed proposal leaves no iteration
+
+
+@pytest.mark.parametrize("pool", [[5], [3, 2], [0, 1, 2], "0:4", [0.5, 3]])
+def test_a_bad_pool_is_one_line(pool):
+    with pytest.raises(ArborsegError, match=r"project.yaml: pool .* must be two slice numbers"):
+        ProjectSettings.from_dict({"classes": ["bg", "fg"], "pool": pool})

@@ -18,9 +18,21 @@ from optuna.trial import TrialState, create_trial
 
 from arborseg.cli import main
 from arborseg.errors import CampaignError
-from arborseg.table import (campaign_status, campaign_summary, filter_table, format_table, group_table,
-                            quote_columns, read_runs, run_table, select_columns, sort_table, to_markdown,
-                            top_rows, write_table)
+from arborseg.table import (
+    campaign_status,
+    campaign_summary,
+    filter_table,
+    format_table,
+    group_table,
+    quote_columns,
+    read_runs,
+    run_table,
+    select_columns,
+    sort_table,
+    to_markdown,
+    top_rows,
+    write_table,
+)
 
 ROOT = Path(__file__).parents[1]
 SPACE = ROOT / "search_spaces" / "quickstart.yaml"

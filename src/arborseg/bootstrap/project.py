@@ -87,6 +87,10 @@ class ProjectSettings:
         if self.error_mode not in ERROR_MODES + ("none",):
             raise ArborsegError(f"{where}: error_mode {self.error_mode!r} must be all, fn or none")
         get_strategy(self.strategy)
+        if self.pool is not None and (not isinstance(self.pool, (list, tuple)) or len(self.pool) != 2
+                                      or not all(isinstance(z, int) for z in self.pool) or self.pool[0] >= self.pool[1]):
+            raise ArborsegError(f"{where}: pool {self.pool!r} must be two slice numbers [z0, z1) with z0 < z1, "
+                                "e.g. [0, 20]")
         if self.pseudo_lambda is not None and self.unit != "slice":
             raise ArborsegError(f"{where}: pseudo-labels fill whole unlabeled slices: set unit: slice or "
                                 "pseudo_lambda: null")

@@ -10,7 +10,8 @@ is coarse (two slices give at most three distinct resampled means): read ``slice
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def region_gain(ensemble_pred: np.ndarray, member_pred: np.ndarray, labels: np.n
 
 
 def gain_ci(ensemble_values: np.ndarray, member_values: np.ndarray, metric: str, n_boot: int = 1000,
-            seed: int = 0) -> dict[str, float]:
+            seed: int = 0) -> dict[str, Any]:
     """Bootstrap CI of the mean of paired per-slice differences ``ensemble - member`` of ``metric``."""
     a, b = np.asarray(ensemble_values, float), np.asarray(member_values, float)
     mean, lo, hi = bootstrap_ci(a, b, n_boot=n_boot, seed=seed)

@@ -10,14 +10,15 @@ FN-n / FP-n, and the adapted Rand error only when the objective asks for it. Val
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 
 from arborseg.errors import ArborsegError
-from arborseg.metrics import confusion_matrix, dice, iou, precision, recall, score_segmentation
-from arborseg.metrics import direction_of, minimise  # noqa: F401 - direction_of is re-exported
+from arborseg.metrics import Mode, confusion_matrix, dice, iou, precision, recall, score_segmentation
+from arborseg.metrics import direction_of as direction_of  # re-exported (it moved to metrics)
+from arborseg.metrics import minimise as minimise  # re-exported (it moved to metrics)
 
 CM_METRICS = {"iou": iou, "dice": dice, "precision": precision, "recall": recall}
 
@@ -28,23 +29,23 @@ class Scoring:
 
     classes: tuple[str, ...]
     ignore_value: int | None = None
-    fn_mode: str = "2d"
+    fn_mode: Mode = "2d"
     background: int | None = 0
     membrane_class: int | None = None
 
     @classmethod
-    def from_data(cls, data, fn_mode: str = "2d") -> "Scoring":
+    def from_data(cls, data, fn_mode: Mode = "2d") -> Scoring:
         """The scoring of a :class:`arborseg.data.DataConfig` (as the trainer scores trials)."""
         return cls(tuple(data.classes), data.ignore_value, fn_mode, data.background_class, data.membrane_class)
 
-    def score(self, pred: np.ndarray, labels: np.ndarray, mode: str | None = None) -> dict[str, float]:
+    def score(self, pred: np.ndarray, labels: np.ndarray, mode: Mode | None = None) -> dict[str, float]:
         """Every metric of :func:`arborseg.metrics.score_segmentation`."""
         return score_segmentation(pred, labels, list(self.classes), ignore_value=self.ignore_value,
                                   mode=mode or self.fn_mode, background=self.background,
                                   membrane_class=self.membrane_class)
 
 
-def better(a: float, b: float, direction: str) -> bool:
+def better(a: float | None, b: float | None, direction: str) -> bool:
     """Whether ``a`` is strictly better than ``b`` (NaN is never better; anything beats NaN)."""
     if a is None or math.isnan(a):
         return False
