@@ -3,8 +3,9 @@
 Issue 8. On VNC mitochondria, VNC 5-class and ISBI 2012 membranes, at the same total number of training
 steps per seed on the same machine, compare
 
-* baseline A: the bootstrapping paper's thin 3D U-Net (``benchmarks/baselines/thin3d_paper.yaml``);
-* baseline B: a 2D U-Net in the manner of nnU-Net's 2d configuration (``benchmarks/baselines/unet2d_nnunet.yaml``);
+* baseline A: the bootstrapping paper's thin 3D U-Net (``search_spaces/portfolio/thin3d_paper.yaml``);
+* baseline B: a 2D U-Net with nnU-Net's 2d configuration and training recipe
+  (``search_spaces/portfolio/unet2d_nnunet.yaml``);
 * arborseg: a campaign over the union of ``search_spaces/hybrid_2d3d.yaml`` and ``search_spaces/thin3d_unet.yaml``,
   its best tree retrained from scratch, and ``arborseg ensemble`` of its best trees.
 
@@ -76,8 +77,8 @@ DATASETS = {  # name -> data YAML shipped in examples/
     "isbi2012": "examples/isbi2012_membrane.yaml",
 }
 SPACES = ("search_spaces/hybrid_2d3d.yaml", "search_spaces/thin3d_unet.yaml")
-BASELINES = {"baseline_A": "benchmarks/baselines/thin3d_paper.yaml",
-             "baseline_B": "benchmarks/baselines/unet2d_nnunet.yaml"}
+BASELINES = {"baseline_A": "search_spaces/portfolio/thin3d_paper.yaml",
+             "baseline_B": "search_spaces/portfolio/unet2d_nnunet.yaml"}
 ARMS = ("baseline_A", "baseline_B", "arborseg_best", "arborseg_ensemble")
 ARM_LABELS = {"baseline_A": "A: thin 3D U-Net (paper)", "baseline_B": "B: 2D U-Net (nnU-Net-style)",
               "arborseg_best": "arborseg best tree, retrained", "arborseg_ensemble": "arborseg ensemble"}
@@ -308,7 +309,7 @@ class Runner:
                 p.started = time.time()
                 try:
                     p.handle = p.start()
-                except Exception as exc:  # noqa: BLE001 - a piece failing must not stop the others
+                except Exception as exc:  # a piece failing must not stop the others
                     p.state = status[p.key] = "failed"
                     p.reason = f"{type(exc).__name__}: {exc}"
                     print(f"[fail] {p.key}: {p.reason}", flush=True)
@@ -811,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
                            "--seeds", b["ens_seeds"], "--name", ENSEMBLE_NAME, "--steps", p["ensemble_member"]]
                     if "--executor" in ens_help:
                         cmd += ["--executor", args.executor]
+                    if "--train" in ens_help:  # the arm trains its members (post hoc is the default now)
+                        cmd += ["--train"]
                     pieces.append(cmd_piece(f"{ds}/s{seed}/ensemble", cmd, cell / "ensemble.log",
                                             lambda ens_json=ens_json: ens_json.is_file(), deps=(ckey,)))
         if not have_ensemble:

@@ -259,8 +259,8 @@ def test_ensemble_end_to_end_with_failure_and_resume(tiny_run, monkeypatch, caps
     assert "ENSEMBLE" in out and "e2e" in out and "ensemble/" in out
     assert main(["table", str(tiny_run), "--no-ensembles"]) == 0
     assert "ENSEMBLE" not in capsys.readouterr().out
-    assert main(["-q", "ensemble", str(tiny_run), "--top", "2", "--seeds", "2", "--name", "e2e", "--fusion", "vote",
-                 "--bootstrap", "50"]) == 0
+    assert main(["-q", "ensemble", str(tiny_run), "--train", "--top", "2", "--seeds", "2", "--name", "e2e",
+                 "--fusion", "vote", "--bootstrap", "50"]) == 0
     out = capsys.readouterr().out
     assert calls == [] and "vote fusion" in out and "ENSEMBLE" in out and "gain over the best single member" in out
     assert read_manifest(tiny_run / "ensembles" / "e2e")["fusion"] == "vote"

@@ -121,7 +121,8 @@ def test_real_trials_load_as_networks(trained_run, tmp_path):
     # a finished trial copied (as an ensemble member reuses one) is finished and loads the same
     member = TrialFolder(folder.trial_dir(listed[0][1]._trial_id)).copy_to(runs.member_dir(tmp_path / "e", "a" * 12, 0))
     assert member.path.name == "aaaaaaaaaa-s0" and member.is_finished()
-    assert sorted(p.name for p in member.path.iterdir()) == sorted(runs.RESULT_FILES + (runs.MODEL_FILE,))
+    copied = runs.RESULT_FILES + (runs.MODEL_FILE, runs.PROBS_DIR)
+    assert sorted(p.name for p in member.path.iterdir()) == sorted(copied)
     assert member.load_tree().id == listed[0][1].user_attrs["tree_id"]
 
 

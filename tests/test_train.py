@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from arborseg.data import DataConfig
-from arborseg.errors import TrainingError
-from arborseg.train.losses import class_weights, error_weight_map, segmentation_loss
-from arborseg.space import load_space
-from arborseg.train.settings import TrainSettings
+from arborseg.errors import ArborsegError, TrainingError
 from arborseg.metrics import minimise
+from arborseg.space import load_space
+from arborseg.train.losses import class_weights, error_weight_map, segmentation_loss
+from arborseg.train.settings import TrainSettings
 from arborseg.train.trainer import Trainer, TrialPruned, train_and_score
 
 ROOT = Path(__file__).parents[1]
@@ -185,3 +185,9 @@ def test_train_cli_refuses_nan_raw_and_steps_below_one(tmp_path, capsys):
     assert main(["train", str(tree), "--data", str(data), "--steps", "-5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["arborseg: error: --steps -5: give at least 1"]
+
+
+def test_fn_mode_is_checked_when_settings_load():
+    with pytest.raises(ArborsegError, match="fn_mode '3D' must be 2d"):
+        TrainSettings.from_dict({"fn_mode": "3D"})
+    assert TrainSettings.from_dict({"fn_mode": "3d"}).fn_mode == "3d"

@@ -9,8 +9,11 @@
       jobs/                            the executor's job folders
       trials/<id:04d>/                 a trial folder (TrialFolder), id = Optuna's storage-wide trial id
         tree.yaml  model.pt  checkpoint.pt  metrics.json  history.json  learning_curve.png  overlays/*.png
-      ensembles/<name>/                an ensemble folder: ensemble.json, jobs/, members/<tree id[:10]>-s<seed>/
-                                       (a trial folder of its own, plus state.json and probs/)
+        probs/<region>.npz             predicted probabilities of validation and the eval regions (float16,
+                                       (C, Z, Y, X), np.savez_compressed; older ensemble members: .npy)
+      ensembles/<name>/                an ensemble folder: ensemble.json, and for ``--train`` ensembles jobs/ and
+                                       members/<tree id[:10]>-s<seed>/ (a trial folder of its own + state.json);
+                                       post-hoc ensembles name their members' trial folders instead
 
 A model file (``model.pt``) is a dict of tensors and plain types only, ``{"state_dict", "tree", "classes",
 "window", "normalizer"}``: :func:`save_model` writes it, :func:`load_model` reads it back with
@@ -55,6 +58,8 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 LEARNING_CURVE_FILE = "learning_curve.png"
 OVERLAYS_DIR = "overlays"
+PROBS_DIR = "probs"
+PROBS_SUFFIX = ".npz"  # np.savez_compressed of one float16 array; older members wrote .npy
 # an ensemble folder
 ENSEMBLE_FILE = "ensemble.json"
 MEMBERS_DIR = "members"
@@ -101,6 +106,40 @@ class TrialFolder:
     def overlays_dir(self) -> Path:
         return self.path / OVERLAYS_DIR
 
+    @property
+    def probs_dir(self) -> Path:
+        return self.path / PROBS_DIR
+
+    def probs_path(self, region: str) -> Path:
+        """``probs/<region>.npz``: the predicted probabilities of ``region`` (see :meth:`save_probs`)."""
+        return self.probs_dir / f"{region}{PROBS_SUFFIX}"
+
+    def has_probs(self, region: str) -> bool:
+        return self.probs_path(region).is_file() or (self.probs_dir / f"{region}.npy").is_file()
+
+    def save_probs(self, region: str, probs: Any) -> Path:
+        """Write the (C, Z, Y, X) probabilities of ``region`` as float16, compressed, atomically."""
+        import numpy as np
+
+        path = self.probs_path(region)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{region}.tmp{PROBS_SUFFIX}")
+        np.savez_compressed(tmp, probs=np.asarray(probs, dtype=np.float16))
+        tmp.replace(path)
+        return path
+
+    def read_probs(self, region: str) -> Any:
+        """The float16 probabilities of ``region`` (``probs/<region>.npz``, or an older member's ``.npy``);
+        None when neither is there."""
+        import numpy as np
+
+        path = self.probs_path(region)
+        if path.is_file():
+            with np.load(path) as saved:
+                return saved["probs"]
+        legacy = self.probs_dir / f"{region}.npy"
+        return np.load(legacy) if legacy.is_file() else None
+
     def is_finished(self) -> bool:
         """Trained and scored: ``metrics.json`` and ``model.pt`` are both there."""
         return self.metrics_path.is_file() and self.model_path.is_file()
@@ -116,13 +155,15 @@ class TrialFolder:
         return save_tree(tree, self.path)
 
     def copy_to(self, dest: str | Path) -> TrialFolder:
-        """Copy the trained trial into ``dest`` (tree, metrics, history, learning curve, then the model last and
-        atomically: a ``model.pt`` beside ``metrics.json`` marks a finished trial)."""
+        """Copy the trained trial into ``dest`` (tree, metrics, history, learning curve, probabilities, then the
+        model last and atomically: a ``model.pt`` beside ``metrics.json`` marks a finished trial)."""
         out = TrialFolder(Path(dest))
         out.path.mkdir(parents=True, exist_ok=True)
         for name in RESULT_FILES:
             if (self.path / name).is_file():
                 shutil.copyfile(self.path / name, out.path / name)
+        if self.probs_dir.is_dir():
+            shutil.copytree(self.probs_dir, out.probs_dir, dirs_exist_ok=True)
         tmp = out.model_path.with_name(MODEL_FILE + ".tmp")
         shutil.copyfile(self.model_path, tmp)
         tmp.replace(out.model_path)
@@ -180,7 +221,7 @@ def load_model(path: str | Path, tree: ModuleTree | None = None,
         raise ArborsegError(f"{path}: no such model file (a trial's {MODEL_FILE})")
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file (junk bytes raise struct.error) is one line
+    except Exception as exc:  # any unreadable file (junk bytes raise struct.error) is one line
         detail = "it holds objects other than tensors and plain values" if "Weights only load failed" in str(exc) \
             else _first_line(exc)
         raise ArborsegError(f"{path}: not a readable {MODEL_FILE} ({detail}); expected a model written by arborseg "

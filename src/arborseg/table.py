@@ -38,7 +38,9 @@ With ``run_table(..., ensembles=True)`` (the plain ``arborseg table`` view) each
 ``arborseg ensemble`` (``RUN_DIR/ensembles/<name>/ensemble.json``) adds a row: ``state`` ``ENSEMBLE`` (sorted
 with the COMPLETE trials by value), ``phase`` ``ensemble``, ``task`` ``ensemble:<name>``, ``tree_name`` the
 ensemble's name, ``family`` ``ensemble/<fusion>``, ``value`` the objective on validation, ``params`` the
-members' total, every ``<region>.<metric>``, and ``artifact_dir`` the ensemble folder
+members' total, every ``<region>.<metric>``, ``members`` (member keys), ``val_gain`` / ``val_gain_ci`` (the
+objective's gain on validation over the best single member, 95 % bootstrap interval), ``inference_gflops``
+(the members' forward GFLOPs) and ``artifact_dir`` the ensemble folder
 (:func:`arborseg.ensemble.manifest.ensemble_rows`).
 
 Campaign folders may be moved or copied: a storage file and trial folders that are no longer where the
@@ -478,7 +480,8 @@ def top_rows(table: pd.DataFrame, top: int | None) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- output
 SHOWN = ["trial_id", "phase", "state", "value", "tree_name", "family", "params", "eval_near.fg_iou",
-         "eval_far.fg_iou", "eval_near.fn_401", "eval_far.fn_401", "train_seconds", "reason"]
+         "eval_far.fg_iou", "eval_near.fn_401", "eval_far.fn_401", "train_seconds", "reason",
+         "members", "val_gain", "val_gain_ci", "inference_gflops"]  # the last four: only ensemble rows have them
 GROUP_SHOWN = ["campaign", "base_tree_name", "family", "trees", "trials", "complete", "pruned", "failed", "value.mean",
                "value.std", "value.best", "best_tree", "params.mean", "eval_far.fg_iou.mean", "eval_far.fn_401.mean",
                "eval_far.fn_401.std", "train_seconds.mean"]

@@ -20,6 +20,8 @@
     storage: sqlite                   # sqlite | journal | journal:/path | an SQLAlchemy URL
     train: {seed: 0, fn_mode: 2d}     # TrainSettings (see arborseg.train)
     retries: 0                        # re-run a failed trial this many times (cancelled, killed, ...)
+    portfolio: [my_best_tree.yaml]    # known-good tree files (relative to this file), trained first,
+                                      # added to the space's own portfolio
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from arborseg.metrics import minimise
 from arborseg.train.settings import TrainSettings
 
 TOP_KEYS = ("name", "description", "data", "space", "budget", "objective", "sampler", "pruner", "executor",
-            "storage", "train", "retries", "seed")
+            "storage", "train", "retries", "seed", "portfolio")
 BUDGET_KEYS = {"random_trees": 8, "refine_top": 2, "refine_trials": 4, "steps": 200, "eval_every": 50,
                "max_gflops": None}
 SAMPLERS = ("tpe", "cmaes", "random")
@@ -69,6 +71,7 @@ class CampaignConfig:
     seed: int = 0
     description: str = ""
     raw: dict = field(default_factory=dict, repr=False)
+    portfolio: tuple[Path, ...] = ()  # the space's portfolio tree files, then the campaign's (resolved)
 
     @property
     def train_settings(self) -> TrainSettings:
@@ -140,7 +143,8 @@ def load_campaign(path: str | Path) -> CampaignConfig:
     else:
         raise CampaignError(f"{source}: data: expected a data YAML path or a data mapping")
     space_path = _resolve(str(raw["space"]), base, "search space", "space", source)
-    load_space(space_path)  # validate now, not in a job
+    space = load_space(space_path)  # validate now, not in a job
+    portfolio = _portfolio(space.portfolio, raw.get("portfolio"), base, data, source, space_path)
 
     budget: dict[str, Any] = dict(BUDGET_KEYS)
     for key, value in (raw.get("budget") or {}).items():
@@ -188,6 +192,10 @@ def load_campaign(path: str | Path) -> CampaignConfig:
         TrainSettings.from_dict({**train, "objective": metric})
     except Exception as exc:
         raise CampaignError(f"{source}: train: {exc}") from None
+    horizon = train.get("schedule_steps")
+    if horizon is not None and (not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < budget["steps"]):
+        raise CampaignError(f"{source}: train.schedule_steps: {horizon!r} must be an integer >= budget.steps "
+                            f"({budget['steps']}), the longest training a trial gets, or left out")
     seed = _non_negative_int(raw.get("seed", sampler.get("seed", 0)), "seed", source)
     _check_sampler_options(sampler, source)
     storage = raw.get("storage", "sqlite")
@@ -198,7 +206,41 @@ def load_campaign(path: str | Path) -> CampaignConfig:
                           budget=budget, objective=metric, direction=direction, sampler=sampler, pruner=pruner,
                           executor=executor, storage=storage.strip(), train=train,
                           retries=_non_negative_int(raw.get("retries", 0), "retries", source), seed=seed,
-                          description=str(raw.get("description", "")), raw=raw)
+                          description=str(raw.get("description", "")), raw=raw, portfolio=portfolio)
+
+
+def _portfolio(from_space: tuple[Path, ...], entries: Any, base: Path, data: Any, source: str,
+               space_path: Path) -> tuple[Path, ...]:
+    """The space's portfolio trees and the campaign's (relative to its folder), each checked against the data:
+    its window must fit the training region and its network must build for the data's classes."""
+    from arborseg.errors import SpaceError
+    from arborseg.space.loader import load_portfolio
+
+    try:
+        own = load_portfolio(entries, base, f"{source}: portfolio")
+    except SpaceError as exc:
+        raise CampaignError(str(exc)) from None
+    paths = tuple(dict.fromkeys([*from_space, *own]))
+    if not paths:
+        return ()
+    from arborseg.nn import forward_gflops
+    from arborseg.tree import ModuleTree
+
+    train_shape = data.regions["train"].shape if "train" in data.regions else tuple(data.shape)
+    for path in paths:
+        where = f"{source}: portfolio: {path}" + (f" (listed by {space_path.name})" if path in from_space else "")
+        remedy = "remove the entry" if path in own else f"drop it from a copy of {space_path.name}"
+        tree = ModuleTree.load(path)
+        if any(w > n for w, n in zip(tree.window, train_shape)):
+            raise CampaignError(f"{where}: window {list(tree.window)} does not fit the training region "
+                                f"{list(train_shape)} (z, y, x) of the data: {remedy}, or enlarge regions.train")
+        try:
+            forward_gflops(tree, len(data.classes))  # nn's window check, then the network built on 'meta'
+        except Exception as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise CampaignError(f"{where}: its network cannot be built for the data's {len(data.classes)} "
+                                f"classes ({reason}): {remedy}") from None
+    return paths
 
 
 def _non_negative_int(value: Any, key: str, source: str) -> int:

@@ -7,7 +7,12 @@ of the ``refine_top`` best trees, one Optuna study per tree with the structure h
 With ``budget.max_gflops``, trees whose forward pass over one window costs more are never trained:
 phase A draws past them, and phase B closes such a proposal as FAIL ("over max_gflops") and asks again.
 
-Each unit of work is a *task* ("random:3", "refine:<tree id>:1"), stored as a trial attribute.
+Portfolio trees (``portfolio:`` of the space and of the campaign: known-good tree files) are trained before
+the random trees, as tasks "portfolio:<i>" of the study ``<name>.portfolio`` (the tree in the trial's user
+attributes; Optuna parameters only when the space can replay the tree's recorded draws). They count as phase-A
+trials when the best trees are chosen for refinement; one the space cannot express is not refined.
+
+Each unit of work is a *task* ("portfolio:0", "random:3", "refine:<tree id>:1"), stored as a trial attribute.
 On resume, finished tasks are skipped; RUNNING trials without a live job are closed as FAIL
 ("stale") and their task runs again in a new trial that starts from the old trial's checkpoint.
 """
@@ -41,7 +46,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @dataclass
 class Task:
-    key: str  # "random:<i>" or "refine:<tree id>:<j>"
+    key: str  # "portfolio:<i>", "random:<i>" or "refine:<tree id>:<j>"
     study: str
     tree: ModuleTree  # phase A: the sampled tree; phase B: the tree being refined
     attempt: int = 1
@@ -111,6 +116,7 @@ class Campaign:
         self.max_gflops: float | None = cfg.budget.get("max_gflops")
         self._gflops: dict[str, float] = {}
         self._random: list[ModuleTree] | None = None
+        self._portfolio: list[ModuleTree] | None = None
         self._studies: dict[str, optuna.Study] = {}
         self.folder = RunFolder.create(self.run_dir, self._manifest(), cfg.source)
 
@@ -118,6 +124,10 @@ class Campaign:
     @property
     def random_study_name(self) -> str:
         return f"{self.cfg.name}.random"
+
+    @property
+    def portfolio_study_name(self) -> str:
+        return f"{self.cfg.name}.portfolio"
 
     def refine_study_name(self, tree_id: str) -> str:
         return f"{self.cfg.name}.refine.{tree_id[:10]}"
@@ -128,7 +138,8 @@ class Campaign:
                 "objective": self.cfg.objective, "direction": self.cfg.direction,
                 "space": str(self.cfg.space_path), "data": self.cfg.data_spec
                 if isinstance(self.cfg.data_spec, str) else "inline", "budget": self.cfg.budget,
-                "executor": self.cfg.executor}
+                "executor": self.cfg.executor} | ({"portfolio": [str(p) for p in self.cfg.portfolio]}
+                                                  if self.cfg.portfolio else {})
 
     def study(self, name: str, salt: int = 0) -> optuna.Study:
         """The study ``name``, created once per driver (its sampler keeps its random state between asks)."""
@@ -137,8 +148,8 @@ class Campaign:
         return self._studies[name]
 
     def _open_study(self, name: str, salt: int) -> optuna.Study:
-        sampler = optuna.samplers.RandomSampler(seed=self.cfg.seed) if name == self.random_study_name \
-            else make_sampler(self.cfg, salt)
+        sampler = optuna.samplers.RandomSampler(seed=self.cfg.seed) \
+            if name in (self.random_study_name, self.portfolio_study_name) else make_sampler(self.cfg, salt)
         direction = optuna.study.StudyDirection.MAXIMIZE if self.cfg.direction == "maximize" \
             else optuna.study.StudyDirection.MINIMIZE
         return optuna.create_study(study_name=name, storage=self.storage, direction=direction,
@@ -231,6 +242,38 @@ class Campaign:
                             "space's windows and widths", len(self._random), n, self.max_gflops)
         return self._random
 
+    def portfolio_trees(self) -> list[ModuleTree]:
+        """The portfolio's trees, in order (the space's, then the campaign's); those over ``max_gflops`` are left
+        out with a warning."""
+        if self._portfolio is None:
+            self._portfolio = []
+            for path in self.cfg.portfolio:
+                tree = ModuleTree.load(path)
+                if self.within_cap(tree):
+                    self._portfolio.append(tree)
+                else:
+                    log.warning("portfolio tree %s (%s) costs %.1f GFLOPs per window, over max_gflops %s: not "
+                                "trained", tree.name, path, self.gflops(tree), self.max_gflops)
+        return self._portfolio
+
+    def plan_portfolio(self, resume: dict[str, str], busy: Collection[str] = frozenset()) -> list[Task]:
+        done, failed = self.task_states()
+        done = done | set(busy)
+        return [Task(key, self.portfolio_study_name, tree, failed.get(key, 0) + 1, resume.get(key))
+                for key, tree in ((f"portfolio:{i}", t) for i, t in enumerate(self.portfolio_trees()))
+                if key not in done]
+
+    def replayable(self, tree: ModuleTree) -> bool:
+        """Whether the space rebuilds ``tree`` exactly from the draws recorded in it (then Optuna can refine it)."""
+        from arborseg.space import FixedDraw
+
+        if not tree.choices or tree.space != self.space.name:
+            return False
+        try:
+            return self.space.sample(FixedDraw(dict(tree.choices))).id == tree.id
+        except Exception:  # a draw the space does not have, or a value outside its range
+            return False
+
     def plan_random(self, resume: dict[str, str], busy: Collection[str] = frozenset()) -> list[Task]:
         done, failed = self.task_states()
         done = done | set(busy)
@@ -245,8 +288,8 @@ class Campaign:
         """The ``refine_top`` best distinct trees of phase A by the objective (COMPLETE trials)."""
         if self.cfg.budget["refine_top"] == 0 or self.cfg.budget["refine_trials"] == 0:
             return []
-        study = self.study(self.random_study_name)
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        complete = [t for name in (self.portfolio_study_name, self.random_study_name)
+                    for t in self.study(name).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                     if t.value is not None and not math.isnan(t.value)]
         complete.sort(key=lambda t: float(t.value or 0.0), reverse=self.cfg.direction == "maximize")
         trees, seen = [], set()
@@ -255,6 +298,10 @@ class Campaign:
             if tree_id in seen:
                 continue
             seen.add(tree_id)
+            if trial.user_attrs.get("phase") == "portfolio" and not trial.user_attrs.get("replayable"):
+                log.info("portfolio tree %s is not refined: the space cannot express it", trial.user_attrs.get(
+                    "tree_name"))
+                continue
             trees.append(ModuleTree.load(trial.user_attrs["tree_file"]))
             if len(trees) == self.cfg.budget["refine_top"]:
                 break
@@ -278,7 +325,18 @@ class Campaign:
     # ------------------------------------------------------------------ submitting
     def _ask(self, task: Task) -> tuple[optuna.Study, optuna.trial.Trial, ModuleTree]:
         study = self.study(task.study, salt=int(task.tree.id[:8], 16) if task.key.startswith("refine") else 0)
-        if task.key.startswith("random:"):
+        if task.key.startswith("portfolio:"):
+            replay = self.replayable(task.tree)
+            if replay:
+                study.enqueue_trial(dict(task.tree.choices), user_attrs={"task": task.key}, skip_if_exists=False)
+                trial = study.ask()
+                tree = self.space.sample(OptunaDraw(trial))  # the recorded draws become Optuna parameters
+            else:
+                trial, tree = study.ask(), task.tree
+            trial.set_user_attr("replayable", replay)
+            if tree.id != task.tree.id:
+                raise CampaignError(f"replaying portfolio tree {task.tree.name} through Optuna gave {tree.name}")
+        elif task.key.startswith("random:"):
             study.enqueue_trial(dict(task.tree.choices), user_attrs={"task": task.key}, skip_if_exists=False)
             trial = study.ask()
             tree = self.space.sample(OptunaDraw(trial))  # replays the enqueued values as Optuna parameters
@@ -324,7 +382,7 @@ class Campaign:
         out_dir.mkdir(parents=True, exist_ok=True)
         tree_file = save_tree(tree, out_dir)
         if task.resume_from:
-            old = TrialFolder(task.resume_from).checkpoint_path
+            old = TrialFolder(Path(task.resume_from)).checkpoint_path
             if old.exists():
                 shutil.copyfile(old, out.checkpoint_path)
                 log.info("%s continues from the checkpoint of %s", task.key, task.resume_from)
@@ -416,15 +474,23 @@ class Campaign:
         executor = make_executor(kind, self.folder.jobs_dir, {k: v for k, v in self.cfg.executor.items()
                                                                if k != "kind"})
         busy = {run.task.key for run, _ in reattached}
+        portfolio_tasks = self.plan_portfolio(resume, busy)
         random_tasks = self.plan_random(resume, busy)
-        total = self.cfg.budget["random_trees"] + self.cfg.budget["refine_top"] * self.cfg.budget["refine_trials"]
-        done_before = total - len(random_tasks) - self.cfg.budget["refine_top"] * self.cfg.budget["refine_trials"]
+        n_portfolio = len(self.portfolio_trees())
+        total = n_portfolio + self.cfg.budget["random_trees"] + \
+            self.cfg.budget["refine_top"] * self.cfg.budget["refine_trials"]
+        done_before = total - len(portfolio_tasks) - len(random_tasks) - \
+            self.cfg.budget["refine_top"] * self.cfg.budget["refine_trials"]
         with tqdm(total=total, initial=max(done_before, 0), desc=self.cfg.name, unit="trial",
                   disable=not self.progress) as bar:
             scheduler = self._scheduler(executor, bar)
+            if n_portfolio:
+                log.info("phase A: %d portfolio trees to train first (%d in the portfolio)", len(portfolio_tasks),
+                         n_portfolio)
             log.info("phase A: %d random trees to train (%d in the plan)", len(random_tasks),
                      self.cfg.budget["random_trees"])
-            if not scheduler.run(random_tasks, [(r, j) for r, j in reattached if r.task.key.startswith("random")]):
+            phase_a = [(r, j) for r, j in reattached if r.task.key.startswith(("portfolio", "random"))]
+            if not scheduler.run(portfolio_tasks + random_tasks, phase_a):
                 log.info("stopped after %d new trials (--max-trials); run again to continue", self.started_trials)
                 return self.run_dir
             refine_running = [(r, j) for r, j in reattached if r.task.key.startswith("refine")]

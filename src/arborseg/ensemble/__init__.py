@@ -1,4 +1,5 @@
-"""Ensembles of a campaign's best trees: ``arborseg ensemble RUN_DIR --top K --seeds M``.
+"""Ensembles of a campaign: post hoc from its trained trials (``arborseg ensemble RUN_DIR``, :mod:`.posthoc`,
+no training), or members of its best trees trained anew (``arborseg ensemble RUN_DIR --train --top K --seeds M``).
 
 The modules, in the order the work flows: :mod:`.select` (the K best distinct trees of a campaign),
 :mod:`.members` (tree x seed members trained as submitit jobs, resumable), :mod:`arborseg.inference.fusion` (mean, max,
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {"EnsembleResult": "build", "EnsembleSettings": "build", "build_ensemble": "build", "FORMAT": "manifest",
-         "ensemble_dirs": "manifest", "read_manifest": "manifest"}
+         "ensemble_dirs": "manifest", "read_manifest": "manifest", "build_posthoc": "posthoc"}
 __all__ = sorted(_LAZY)
 
 

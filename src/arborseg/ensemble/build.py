@@ -1,6 +1,8 @@
-"""``arborseg ensemble``: from a campaign folder to ``RUN_DIR/ensembles/<name>/ensemble.json``.
+"""``arborseg ensemble --train``: from a campaign folder to ``RUN_DIR/ensembles/<name>/ensemble.json``.
 
-Steps: the K best distinct trees (:mod:`.select`) -> K x M members trained as jobs (:mod:`.members`)
+The default, post-hoc mode (members among the trials already trained) is :mod:`.posthoc`; it shares the
+choice on validation and the scores of this module. Steps here: the K best distinct trees (:mod:`.select`)
+-> K x M members trained as jobs (:mod:`.members`)
 -> member probabilities of validation / eval_near / eval_far -> for each fusion rule, members chosen on
 validation (:mod:`.greedy`) -> the fusion with the best validation objective (``auto``) -> scores of the
 ensemble and of every member on every region -> the gain over the best single member with bootstrap
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -55,8 +58,14 @@ class EnsembleSettings:
     rounds: int | None = None
     reuse: bool = True
     progress: bool = True
+    candidates: int | None = None  # post hoc: the best N complete trials (None: all of them)
+    init: int | None = None  # greedy selection starts from the best `init` (default 2 post hoc, 1 with --train)
 
     def check(self) -> None:
+        if self.candidates is not None and self.candidates < 1:
+            raise ArborsegError(f"--candidates {self.candidates}: give at least 1 trial")
+        if self.init is not None and self.init < 1:
+            raise ArborsegError(f"--init {self.init}: give at least 1 member to start from")
         if self.top < 1 or self.seeds < 1:
             raise ArborsegError(f"--top {self.top} --seeds {self.seeds}: both must be at least 1")
         if self.fusion not in FUSION_CHOICES:
@@ -161,7 +170,7 @@ def choose_on_validation(done: list[MemberSpec], data, scoring: Scoring, objecti
                          settings: EnsembleSettings) -> tuple[list[MemberSpec], dict[str, Selection]]:
     """Order the members best first by their own validation objective; choose members for each fusion rule."""
     labels = data.read_labels("validation")
-    probs = np.stack([load_probs(s.out_dir, "validation") for s in done])
+    probs = _stack_probs(done, "validation")
     single = [objective_score(labels_of(p), labels, objective, scoring) for p in probs]
     order = sorted(range(len(done)), key=lambda i: _rank(single[i], direction))
     done, probs = [done[i] for i in order], probs[order]
@@ -172,7 +181,7 @@ def choose_on_validation(done: list[MemberSpec], data, scoring: Scoring, objecti
     selections: dict[str, Selection] = {}
     for fusion in (list(FUSIONS) if settings.fusion == "auto" else [settings.fusion]):
         selections[fusion] = choose_members(probs, labels, score, direction, fusion, settings.selection,
-                                            data.ignore_value, settings.rounds)
+                                            data.ignore_value, settings.rounds, settings.init or 1)
         log.info("fusion %-8s: %s=%.4f on validation with %d member(s)", fusion, objective,
                  selections[fusion].value, len(selections[fusion].chosen))
     return done, selections
@@ -180,24 +189,24 @@ def choose_on_validation(done: list[MemberSpec], data, scoring: Scoring, objecti
 
 def score_regions(done: list[MemberSpec], chosen: Selection, data, scoring: Scoring, regions: list[str],
                   objective: str, n_boot: int) -> tuple[dict, list[dict], dict]:
-    """(ensemble scores per region, each member's scores per region, gains over ``done[0]`` per eval region).
+    """(ensemble scores per region, each member's scores per region, gains over ``done[0]`` per region).
 
-    ``done[0]`` is the best single member on validation (see :func:`choose_on_validation`)."""
+    ``done[0]`` is the best single member on validation (see :func:`choose_on_validation`). The gain on
+    validation is optimistic (the members were chosen there); the eval regions' gains are not."""
     metrics = gain_metrics(objective)
     ens_scores: dict[str, dict[str, float]] = {}
     member_scores: list[dict[str, dict[str, float]]] = [{} for _ in done]
     gains: dict[str, dict[str, dict[str, float]]] = {}
     for region in regions:
         labels = data.read_labels(region)
-        probs = np.stack([load_probs(s.out_dir, region) for s in done])
+        probs = _stack_probs(done, region)
         ens_pred = fuse(probs, chosen.fusion, weights=chosen.weights).labels
         ens_scores[region] = scoring.score(ens_pred, labels)
         preds = [labels_of(p) for p in probs]
         del probs
         for i, pred in enumerate(preds):
             member_scores[i][region] = scoring.score(pred, labels)
-        if region != "validation":
-            gains[region] = region_gain(ens_pred, preds[0], labels, metrics, scoring, n_boot)
+        gains[region] = region_gain(ens_pred, preds[0], labels, metrics, scoring, n_boot)
     return ens_scores, member_scores, gains
 
 
@@ -211,10 +220,21 @@ def _ensure_probs(done: list[MemberSpec], data, regions: list[str], train, progr
     """Predict here the regions a member has no probabilities of (copied trials, older members)."""
     from tqdm.auto import tqdm
 
-    missing = [s for s in done if any(not (s.out_dir / "probs" / f"{r}.npy").is_file() for r in regions)]
+    missing = [s for s in done if any(not TrialFolder(s.out_dir).has_probs(r) for r in regions)]
     for spec in tqdm(missing, desc="predict", unit="member", disable=not progress or not missing):
-        todo = [r for r in regions if not (spec.out_dir / "probs" / f"{r}.npy").is_file()]
+        todo = [r for r in regions if not TrialFolder(spec.out_dir).has_probs(r)]
         predict_member(TrialFolder(spec.out_dir).model_path, data, todo, train, spec.out_dir)
+
+
+def _stack_probs(done: list[MemberSpec], region: str) -> np.ndarray:
+    """The (M, C, ...) probabilities of ``region`` of the members (written by :func:`_ensure_probs`)."""
+    arrays = []
+    for spec in done:
+        probs = load_probs(spec.out_dir, region)
+        if probs is None:
+            raise ArborsegError(f"{spec.out_dir}: member {spec.key} has no probabilities of region {region}")
+        arrays.append(probs)
+    return np.stack(arrays)
 
 
 def _member_entry(spec: MemberSpec, ensemble_dir: Path, weight: float, scores: dict | None,
@@ -225,13 +245,33 @@ def _member_entry(spec: MemberSpec, ensemble_dir: Path, weight: float, scores: d
     if folder.metrics_path.is_file():
         params = json.loads(folder.metrics_path.read_text()).get("params")
     entry = {"key": spec.key, "tree_id": spec.tree_id, "tree_name": spec.tree_name, "family": spec.family,
-             "seed": spec.seed, "tree": folder.tree_path.relative_to(ensemble_dir).as_posix(),
-             "model": folder.model_path.relative_to(ensemble_dir).as_posix() if folder.model_path.is_file() else None,
+             "seed": spec.seed, "tree": _relative(folder.tree_path, ensemble_dir),
+             "model": _relative(folder.model_path, ensemble_dir) if folder.model_path.is_file() else None,
              "window": list(tree.window), "weight": float(weight), "scores": scores or {}, "params": params,
              "trial_id": spec.trial_id}
     if state.get("state") != ResultState.COMPLETE or "reused_from" in state:
         entry.update({k: v for k, v in state.items() if k in ("reason", "reused_from")})
     return entry
+
+
+def _relative(path: Path, ensemble_dir: Path) -> str:
+    """``path`` relative to the ensemble folder (``../../trials/0003/model.pt`` for a post-hoc member)."""
+    return Path(os.path.relpath(path, ensemble_dir)).as_posix()
+
+
+def inference_cost(members: list[dict[str, Any]], ensemble_dir: Path, n_classes: int) -> dict[str, Any]:
+    """Forward GFLOPs of the members (each at its own window) and their sum, added to each member entry.
+
+    Each distinct member with weight > 0 runs once per window whatever its greedy multiplicity (a member
+    picked twice weighs twice as much, it is not run twice)."""
+    from arborseg.nn import forward_gflops
+
+    for entry in members:
+        tree = runs.load_tree(ensemble_dir / entry["tree"])
+        entry["gflops"] = round(forward_gflops(tree, n_classes, tuple(entry["window"])), 6)
+    return {"gflops": round(sum(e["gflops"] for e in members), 6), "members": len(members),
+            "counting": "the sum over the distinct members with weight > 0 of one forward pass at the member's "
+                        "own window (a member picked several times runs once)"}
 
 
 def _manifest(ctx, settings, specs, states, done, chosen, selections, ens_scores, member_scores, gains,
@@ -252,7 +292,8 @@ def _manifest(ctx, settings, specs, states, done, chosen, selections, ens_scores
             members.append(entry)
     members.sort(key=lambda e: -e["weight"])
     return {
-        "format": FORMAT, "name": settings.ensemble_name, "campaign": str(ctx.run_dir), "objective": ctx.objective,
+        "format": FORMAT, "mode": "train", "name": settings.ensemble_name, "campaign": str(ctx.run_dir),
+        "objective": ctx.objective, "inference": inference_cost(members, ensemble_dir, len(data.classes)),
         "direction": ctx.direction, "classes": list(data.classes), "ignore_value": data.ignore_value,
         "voxel_size": list(data.voxel_size) if data.voxel_size else None,
         "normalizer": data.normalizer().to_dict(), "fusion": chosen.fusion, "members": members,

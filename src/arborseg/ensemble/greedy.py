@@ -5,12 +5,14 @@ the member (any member, again and again if it helps: *with replacement*) whose a
 validation objective of the fused ensemble. After ``rounds`` rounds it keeps the prefix of additions
 with the best value (the shortest one on ties). A member's weight is its multiplicity over the number of
 picks. Ties between candidates go to the one listed first (the callers list the members best first).
+``init`` > 1 starts instead from the ``init`` best members (Caruana's sorted initialisation: the callers list
+them best first), kept whatever follows; the default 1 is the plain rule above.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -36,13 +38,15 @@ class Selection:
 
 
 def greedy_select(member_probs: np.ndarray, score: Score, direction: str, fusion: str = "mean",
-                  rounds: int | None = None) -> Selection:
+                  rounds: int | None = None, init: int = 1) -> Selection:
     """Greedy forward selection with replacement on (M, C, ...) validation probabilities.
 
-    ``score`` maps the fused class map to the objective; ``rounds``: picks after the first (default 2 M).
+    ``score`` maps the fused class map to the objective; ``rounds``: picks after the first (default 2 M);
+    ``init``: the first ``init`` members (listed best first) are picked before the greedy rounds.
     """
     m = member_probs.shape[0]
     rounds = 2 * m if rounds is None else int(rounds)
+    init = max(1, min(int(init), m))
     counts = np.zeros(m, np.int64)
     running = np.zeros(member_probs.shape[1:], np.float64) if fusion in ("mean", "weighted") else None
 
@@ -55,19 +59,21 @@ def greedy_select(member_probs: np.ndarray, score: Score, direction: str, fusion
 
     history: list[float] = []
     picks: list[int] = []
-    for _ in range(rounds + 1):
-        best_i, best_v = None, None
-        for i in range(m):
+    for step in range(max(rounds + 1, init)):
+        best_i: int | None = None
+        best_v: float | None = None
+        for i in ([step] if step < init and init > 1 else range(m)):
             v = value_with(i)
             if best_i is None or better(v, best_v, direction):
                 best_i, best_v = i, v
+        assert best_i is not None and best_v is not None, "greedy selection needs at least one member"
         counts[best_i] += 1
         if running is not None:
             running += member_probs[best_i]
         picks.append(best_i)
         history.append(float(best_v))
-    best_len = 1
-    for n in range(2, len(history) + 1):
+    best_len = init
+    for n in range(init + 1, len(history) + 1):
         if better(history[n - 1], history[best_len - 1], direction):
             best_len = n
     final = np.bincount(picks[:best_len], minlength=m)
@@ -84,7 +90,7 @@ def select_all(member_probs: np.ndarray, score: Score, fusion: str = "mean") -> 
 
 def choose_members(member_probs: np.ndarray, labels: np.ndarray, score: Score, direction: str, fusion: str,
                    selection: str = "greedy", ignore_value: int | None = None,
-                   rounds: int | None = None) -> Selection:
+                   rounds: int | None = None, init: int = 1) -> Selection:
     """Members and weights for one fusion rule on validation.
 
     ``mean``/``max``/``vote``: greedy selection (or all members). ``weighted``: the members the selection
@@ -92,7 +98,7 @@ def choose_members(member_probs: np.ndarray, labels: np.ndarray, score: Score, d
     :func:`arborseg.inference.fusion.fit_weights` starting from the selection's weights.
     """
     base = "mean" if fusion == "weighted" else fusion
-    sel = greedy_select(member_probs, score, direction, base, rounds) if selection == "greedy" \
+    sel = greedy_select(member_probs, score, direction, base, rounds, init) if selection == "greedy" \
         else select_all(member_probs, score, base)
     if fusion != "weighted":
         return sel

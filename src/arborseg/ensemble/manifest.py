@@ -3,18 +3,21 @@
 The format (``"format": "arborseg-ensemble/1"``) is shared with ``arborseg export`` / ``arborseg predict``;
 field names do not change within a format version. Paths inside are relative to ENSEMBLE_DIR::
 
-    {"format": "arborseg-ensemble/1", "name", "campaign": absolute run folder, "objective",
+    {"format": "arborseg-ensemble/1", "mode": "posthoc" | "train" (absent: train), "name",
+     "campaign": absolute run folder, "objective",
      "direction": "maximize" | "minimize", "classes": [...], "ignore_value": int | null,
      "voxel_size": [z, y, x] | null, "normalizer": DataConfig.normalizer().to_dict(),
      "fusion": "mean" | "max" | "vote" | "weighted",
      "members": [{"key", "tree_id", "tree_name", "family", "seed", "tree": "members/<key>/tree.yaml",
                   "model": "members/<key>/model.pt", "window": [z, y, x], "weight": float,
-                  "scores": {region: metrics}, "params"}],          # selected members only, weight > 0
+                  "scores": {region: metrics}, "params", "trial_id", "gflops"}],  # selected only, weight > 0
+         post hoc: "key" t<trial id>, "tree"/"model" "../../trials/<id>/...", "trial_dir", "count" (picks)
      "candidates": [the same for every member planned, with "state" (COMPLETE | FAIL) and "reason"],
      "scores": {region: metrics of the fused ensemble},
+     "inference": {"gflops": sum of the members' forward GFLOPs at their windows, "members", "counting"},
      "gain": {"baseline": key of the best single member on validation, "n_boot", "confidence",
-              "regions": {eval region: {metric: {"ensemble", "member", "gain", "lo", "hi", "slices",
-                                                 "direction", "improved"}}}},
+              "regions": {region: {metric: {"ensemble", "member", "gain", "lo", "hi", "slices",
+                                            "direction", "improved"}}}},  # validation too (optimistic)
      "selection": "greedy" | "all", "validation": {fusion tried: its validation objective},
      "settings": {...}, "created", "arborseg_version"}
 
@@ -65,7 +68,9 @@ def read_manifest(ensemble_dir: str | Path) -> dict[str, Any]:
 def ensemble_rows(run_dir: str | Path, campaign: str) -> list[dict[str, Any]]:
     """Run-table rows of a campaign's ensembles: state ``ENSEMBLE``, phase ``ensemble``, task
     ``ensemble:<name>``, tree_name = the ensemble's name, family ``ensemble/<fusion>``, value = the
-    objective on validation, params = the members' total, and every ``<region>.<metric>``."""
+    objective on validation, params = the members' total, every ``<region>.<metric>``, and ``members``
+    (the member keys, ``*n`` for a multiplicity n > 1), ``val_gain`` and ``val_gain_ci`` (the objective's
+    gain on validation over the best single member, 95 % bootstrap interval) and ``inference_gflops``."""
     rows = []
     for folder in ensemble_dirs(run_dir):
         try:
@@ -82,7 +87,14 @@ def ensemble_rows(run_dir: str | Path, campaign: str) -> list[dict[str, Any]]:
             "params": sum(int(x.get("params") or 0) for x in members) or None,
             "steps": (m.get("settings") or {}).get("steps"),
             "artifact_dir": str(folder), "run_dir": str(run_dir),
+            "members": " ".join(x["key"] + (f"*{x['count']}" if int(x.get("count") or 1) > 1 else "")
+                                for x in members),
+            "inference_gflops": (m.get("inference") or {}).get("gflops", math.nan),
         }
+        gain = (((m.get("gain") or {}).get("regions") or {}).get("validation") or {}).get(m.get("objective"))
+        if gain:
+            row["val_gain"] = gain["gain"]
+            row["val_gain_ci"] = f"[{gain['lo']:+.4f}, {gain['hi']:+.4f}]"
         for region, metrics in scores.items():
             if isinstance(metrics, dict):
                 row.update({f"{region}.{k}": v for k, v in metrics.items()})

@@ -2,7 +2,8 @@
 
 Each member lives in ``ENSEMBLE_DIR/members/<tree_id[:10]>-s<seed>/`` with the files of a trial
 (``tree.yaml``, ``model.pt``, ``metrics.json``, ``history.json``, ``checkpoint.pt``), its predicted
-probabilities of the validation and eval regions (``probs/<region>.npy``, float16, (C, Z, Y, X)),
+probabilities of the validation and eval regions (``probs/<region>.npz``, float16, (C, Z, Y, X), as every
+campaign trial keeps them; :meth:`~arborseg.runs.TrialFolder.read_probs` also reads older ``.npy`` files),
 ``state.json`` (``{"state": "COMPLETE" | "FAIL", "reason": ...}``) and, while it trains outside the
 driver, ``job.json`` (a :class:`~arborseg.jobs.scheduler.JobRecord`, to reattach on a rerun). Members run
 as jobs of the one scheduler (:mod:`arborseg.jobs.scheduler`), as campaign trials do.
@@ -48,10 +49,11 @@ class MemberSpec:
     out_dir: Path
     trial_id: int | None = None
     reuse_from: Path | None = None  # a campaign trial folder holding this very member
+    label: str | None = None  # the key of a post-hoc member (``t<trial id>``); else tree id and seed
 
     @property
     def key(self) -> str:
-        return member_key(self.tree_id, self.seed)
+        return self.label or member_key(self.tree_id, self.seed)
 
 
 def is_finished(out_dir: Path) -> bool:
@@ -88,7 +90,7 @@ def load_member_model(model_path: Path):
 
 
 def predict_member(model_path: Path, data, regions: Sequence[str], settings, out_dir: Path) -> list[Path]:
-    """Predict ``regions`` with the member's model (its own window) and save ``probs/<region>.npy`` (float16)."""
+    """Predict ``regions`` with the member's model (its own window) and save ``probs/<region>.npz`` (float16)."""
     from arborseg.device import resolve_device
     from arborseg.inference import predict_volume
 
@@ -100,24 +102,21 @@ def predict_member(model_path: Path, data, regions: Sequence[str], settings, out
         probs = predict_volume(model, raw, tuple(saved["window"]), len(saved["classes"]), overlap=settings.overlap,
                                blending="gaussian", batch_size=settings.eval_batch_size, device=device,
                                amp=settings.amp)
-        path = out_dir / "probs" / f"{region}.npy"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, np.asarray(probs, dtype=np.float16))
-        tmp.replace(path)
-        written.append(path)
+        written.append(TrialFolder(out_dir).save_probs(region, probs))
     return written
 
 
 def load_probs(out_dir: Path, region: str) -> np.ndarray | None:
-    path = out_dir / "probs" / f"{region}.npy"
-    return np.load(path) if path.is_file() else None
+    """The stored probabilities of ``region`` of a member or trial folder (:meth:`TrialFolder.read_probs`)."""
+    probs: np.ndarray | None = TrialFolder(out_dir).read_probs(region)
+    return probs
 
 
 # ------------------------------------------------------------------------------------------- the job
 @dataclass
 class MemberJob(CheckpointableJob):
-    """Train one member (``train_and_score``) and predict its regions; never raises for its own failure.
+    """Train one member (``train_and_score``, which keeps the probabilities of the regions it scores; any
+    region it did not score is predicted here); never raises for its own failure.
 
     Returns a :class:`~arborseg.train.result.TrialOutcome`: COMPLETE with the training result, or FAIL with
     a reason (the traceback of an unexpected error goes to ``error.txt``). Requeued after preemption, it
@@ -142,8 +141,9 @@ class MemberJob(CheckpointableJob):
                 settings = TrainSettings.from_dict(self.settings)
                 data = load_data(self.data)
                 result = train_and_score(ModuleTree.load(self.tree_file), data, settings, out, progress=False)
-                regions = [r for r in self.regions if r in data.regions]
-                predict_member(TrialFolder(out).model_path, data, regions, settings, out)
+                missing = [r for r in self.regions if r in data.regions and not TrialFolder(out).has_probs(r)]
+                if missing:
+                    predict_member(TrialFolder(out).model_path, data, missing, settings, out)
                 return TrialOutcome.complete(result)
             except Exception as exc:
                 return failure(exc, out)

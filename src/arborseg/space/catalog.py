@@ -179,8 +179,10 @@ TRAINING_PARAMS: dict[str, ParamSpec] = {
     for p in [
         _p("lr", float, 1e-3, low=1e-6, high=1.0),
         _p("weight_decay", float, 1e-5, low=0.0, high=1.0),
-        _p("optimizer", str, "adamw", options=("adam", "adamw")),
-        _p("schedule", str, "cosine", options=("cosine", "constant", "onecycle")),
+        _p("optimizer", str, "adamw", options=("adam", "adamw", "sgd"),
+           doc="sgd: momentum 0.99, Nesterov (nnU-Net)"),
+        _p("schedule", str, "cosine", options=("cosine", "constant", "onecycle", "poly"),
+           doc="poly: lr (1 - step/horizon)^0.9 (nnU-Net); horizon: schedule_steps"),
         _p("batch_size", int, 4, low=1, high=256),
         _p("dice_weight", float, 0.0, low=0.0, high=10.0),
         _p("foreground_bias", float, 0.3, low=0.0, high=1.0),

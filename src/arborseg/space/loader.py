@@ -13,6 +13,8 @@ File layout::
     defaults: {norm: instance, width: {int: [8, 32]}}   # inherited values at the root
     definitions: {block: {type: conv_block, layers: 2}} # reusable nodes: {use: block, width: ...}
     root: {type: sequence, children: [...]}             # required: the module tree
+    portfolio: [portfolio/unet2d_nnunet.yaml]           # known-good tree files (relative to this file),
+                                                        # trained first by a campaign
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from arborseg.errors import SpaceError
 from arborseg.space.catalog import INHERITED, MODULE_SPECS, TRAINING_PARAMS, WINDOW_PARAMS, ParamSpec
 from arborseg.space.values import Choice, Constant, FloatRange, IntRange, Times, Value
 
-TOP_KEYS = ("name", "description", "window", "training", "defaults", "definitions", "root")
+TOP_KEYS = ("name", "description", "window", "training", "defaults", "definitions", "root", "portfolio")
 FACTOR_SPEC = ParamSpec("times", float, 1.0, low=1e-3, high=1e3)
 
 
@@ -61,6 +63,7 @@ class SearchSpace:
     training: dict[str, Value]
     defaults: dict[str, Value]
     root: NodeSpec | OneOfSpec
+    portfolio: tuple[Path, ...] = ()  # known-good tree files (resolved), trained first by a campaign
 
     def sample(self, seed_or_draw: Any = 0):
         """Sample one :class:`~arborseg.tree.ModuleTree` (seed, numpy Generator or a Draw)."""
@@ -107,12 +110,40 @@ def load_space(path: str | Path) -> SearchSpace:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SpaceError(f"{path.name}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_space(data, source=path.name)
+    return parse_space(data, source=path.name, base_dir=path.parent)
 
 
-def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
-    """Validate an already-parsed YAML mapping (see :func:`load_space`)."""
-    return _Parser(source).space(data)
+def parse_space(data: Any, source: str = "<space>", base_dir: str | Path | None = None) -> SearchSpace:
+    """Validate an already-parsed YAML mapping (see :func:`load_space`); ``base_dir``: the folder that
+    ``portfolio`` paths are relative to (default: the current folder)."""
+    return _Parser(source, Path(base_dir) if base_dir is not None else Path.cwd()).space(data)
+
+
+def load_portfolio(entries: Any, base_dir: Path, where: str) -> tuple[Path, ...]:
+    """Resolve and check a ``portfolio:`` list: each entry a module-tree file relative to ``base_dir``.
+    Errors are one :class:`SpaceError` line starting with ``where`` (e.g. ``unet2d.yaml: portfolio``)."""
+    from arborseg.errors import TreeError
+    from arborseg.tree import ModuleTree
+
+    if entries is None:
+        return ()
+    if not isinstance(entries, list) or not all(isinstance(e, str) and e for e in entries):
+        raise SpaceError(f"{where}: expected a list of module-tree files (paths relative to {base_dir}), "
+                         f"got {entries!r}")
+    paths: list[Path] = []
+    for i, entry in enumerate(entries):
+        path = (base_dir / Path(entry).expanduser()).resolve()
+        if not path.is_file():
+            raise SpaceError(f"{where}[{i}]: {entry!r} not found (looked for {path}; paths are relative to "
+                             f"{base_dir}): fix the path or remove the entry")
+        try:
+            ModuleTree.load(path)
+        except TreeError as exc:
+            raise SpaceError(f"{where}[{i}]: {entry!r} is not a module tree ({exc}); list tree files such as "
+                             "those written by `arborseg space sample`") from None
+        if path not in paths:
+            paths.append(path)
+    return tuple(paths)
 
 
 def _suggest(word: str, valid: list[str] | tuple[str, ...]) -> str:
@@ -121,8 +152,9 @@ def _suggest(word: str, valid: list[str] | tuple[str, ...]) -> str:
 
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, base_dir: Path | None = None) -> None:
         self.source = source
+        self.base_dir = base_dir or Path.cwd()
         self.definitions: dict[str, Any] = {}
         self.using: list[str] = []
 
@@ -156,8 +188,9 @@ class _Parser:
         self.using = []
         root = self.node(data["root"], "root")
         _check_ends_in_classes(root, self)
+        portfolio = load_portfolio(data.get("portfolio"), self.base_dir, f"{self.source}: portfolio")
         return SearchSpace(data["name"], str(data.get("description", "")), self.source,
-                           window, training, defaults, root)
+                           window, training, defaults, root, portfolio)
 
     def section(self, raw: Any, path: str, specs: dict[str, ParamSpec]) -> dict[str, Value]:
         if not isinstance(raw, dict):

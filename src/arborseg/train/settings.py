@@ -7,6 +7,7 @@ Campaign configs, the CLI and job specs import this without loading torch; the t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from arborseg.errors import ArborsegError
 
@@ -18,13 +19,17 @@ class TrainSettings:
     """How to train, apart from the tree's own training values (lr, batch size, ...)."""
 
     steps: int = 500
+    #: the horizon of the learning-rate schedule (cosine, onecycle, poly); None: ``steps``. A trial that may be
+    #: continued later plans its schedule for the longest training it can get, so that stopping at ``steps``
+    #: and continuing (``steps`` raised, same horizon) follows the very same learning rates.
+    schedule_steps: int | None = None
     eval_every: int = 100
     checkpoint_every: int = 50
     seed: int = 0
     device: str = "auto"
     amp: bool = True
     objective: str = "fg_iou"
-    fn_mode: str = "2d"
+    fn_mode: Literal["2d", "3d"] = "2d"  # FN-n / FP-n components per slice or per volume
     overlap: float = 0.25
     eval_batch_size: int = 4
     num_threads: int | None = None
@@ -35,10 +40,13 @@ class TrainSettings:
     overlays: bool = True
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "TrainSettings":
+    def from_dict(cls, data: dict | None) -> TrainSettings:
         data = dict(data or {})
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
             raise ArborsegError(f"unknown training settings {sorted(unknown)}; valid: {sorted(known)}")
+        if data.get("fn_mode", "2d") not in ("2d", "3d"):
+            raise ArborsegError(f"training setting fn_mode {data['fn_mode']!r} must be 2d (FN-n components per slice) "
+                                "or 3d (per volume)")
         return cls(**data)

@@ -2,7 +2,8 @@
 
 Artifacts in the output folder: ``checkpoint.pt`` (resumable), ``model.pt`` (final weights and
 what is needed to rebuild the net), ``metrics.json`` (every metric per region and class),
-``history.json``, ``learning_curve.png`` and ``overlays/*.png`` (FN red, FP yellow).
+``history.json``, ``learning_curve.png``, ``overlays/*.png`` (FN red, FP yellow) and ``probs/<region>.npz``
+(the probabilities each region was scored from, float16: post-hoc ensembles choose members from them).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from arborseg.device import autocast, is_out_of_memory, resolve_device
 from arborseg.errors import ArborsegError, TrainingError
 from arborseg.log import get_logger
 from arborseg.metrics import minimise
-from arborseg.train.result import NullReporter, Reporter, TrialPruned
-from arborseg.train.settings import EVAL_REGIONS, TrainSettings
-from arborseg.train.losses import class_weights, error_weight_map, segmentation_loss
 from arborseg.nn import build_network, check_window, count_flops, count_parameters
 from arborseg.space.catalog import TRAINING_PARAMS
+from arborseg.train.losses import class_weights, error_weight_map, segmentation_loss
+from arborseg.train.result import NullReporter, Reporter, TrialPruned
+from arborseg.train.settings import EVAL_REGIONS, TrainSettings
 from arborseg.tree import ModuleTree
 
 log = get_logger(__name__)
@@ -53,16 +54,51 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+#: nnU-Net's SGD momentum (Nesterov) and poly exponent (nnUNetTrainer, PolyLRScheduler)
+SGD_MOMENTUM = 0.99
+POLY_EXPONENT = 0.9
+
+
+def schedule_horizon(settings: TrainSettings) -> int:
+    """The number of steps the LR schedule is planned for; refuses ``steps`` beyond it."""
+    horizon = settings.steps if settings.schedule_steps is None else int(settings.schedule_steps)
+    if horizon < 1:
+        raise ArborsegError(f"schedule_steps {horizon} must be at least 1")
+    if settings.steps > horizon:
+        raise ArborsegError(f"steps {settings.steps} exceed the LR schedule's horizon schedule_steps {horizon}: "
+                            f"raise schedule_steps to at least {settings.steps} (or leave it unset)")
+    return horizon
+
+
 def make_optimizer(model: torch.nn.Module, values: dict, steps: int):
-    cls = torch.optim.AdamW if values["optimizer"] == "adamw" else torch.optim.Adam
-    optimizer = cls(model.parameters(), lr=values["lr"], weight_decay=values["weight_decay"])
+    """The optimiser and LR scheduler; ``steps`` is the schedule's horizon (the scheduler is stepped once a step)."""
+    params, lr, decay = model.parameters(), values["lr"], values["weight_decay"]
+    optimizer: torch.optim.Optimizer
+    if values["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, weight_decay=decay, momentum=SGD_MOMENTUM, nesterov=True)
+    else:
+        cls = torch.optim.AdamW if values["optimizer"] == "adamw" else torch.optim.Adam
+        optimizer = cls(params, lr=lr, weight_decay=decay)
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     if values["schedule"] == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=values["lr"] * 0.01)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=lr * 0.01)
     elif values["schedule"] == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=values["lr"], total_steps=max(steps, 2))
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 2))
+    elif values["schedule"] == "poly":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _PolyFactor(max(steps, 1)))
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     return optimizer, scheduler
+
+
+class _PolyFactor:
+    """nnU-Net's poly decay as a LambdaLR factor: (1 - step / horizon) ** 0.9, 0 from the horizon on."""
+
+    def __init__(self, horizon: int) -> None:
+        self.horizon = horizon
+
+    def __call__(self, step: int) -> float:
+        return max(0.0, 1.0 - step / self.horizon) ** POLY_EXPONENT
 
 
 class Trainer:
@@ -84,7 +120,8 @@ class Trainer:
         self.n_classes = len(data.classes)
         self.rng = seed_everything(settings.seed)
         self.model = build_network(tree, self.n_classes).to(self.device)
-        self.optimizer, self.scheduler = make_optimizer(self.model, self.values, settings.steps)
+        self.horizon = schedule_horizon(settings)
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.values, self.horizon)
         self.history: list[dict] = []
         self.step = 0
         self.train_seconds = 0.0
@@ -97,7 +134,7 @@ class Trainer:
         raw, labels = self.data.load_region("train")
         weights = None
         if self.settings.error_weighting:
-            weights = self._error_weights(labels)
+            weights = self._error_weights(labels, self.settings.error_weighting)
         freq = class_frequencies(labels, self.n_classes, self.data.ignore_value)
         self.class_weight = torch.as_tensor(class_weights(freq, self.values["class_weighting"]), device=self.device)
         fg = [c for c in range(self.n_classes) if c != self.data.background_class]
@@ -105,10 +142,9 @@ class Trainer:
                             foreground_classes=fg, augmenter=Augmenter.from_dict(self.settings.augment),
                             weights=weights, ignore_value=self.data.ignore_value)
 
-    def _error_weights(self, labels: np.ndarray) -> np.ndarray:
+    def _error_weights(self, labels: np.ndarray, cfg: dict) -> np.ndarray:
         from arborseg.data import open_volume
 
-        cfg = self.settings.error_weighting
         region = self.data.regions["train"]
         previous = np.asarray(open_volume(cfg["prediction"])[region.slices])
         return error_weight_map(previous, labels, cfg.get("mode", "all"), float(cfg.get("weight", 5.0)),
@@ -123,6 +159,7 @@ class Trainer:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "step": self.step, "history": self.history,
                  "train_seconds": self.train_seconds, "tree_id": self.tree.id,
+                 "schedule_steps": self.settings.schedule_steps,
                  "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
                          "python": random.getstate()}}
         tmp = self.checkpoint_path.with_suffix(".tmp")
@@ -136,6 +173,11 @@ class Trainer:
         if state.get("tree_id") != self.tree.id:
             raise TrainingError(f"{self.checkpoint_path} belongs to another tree ({state.get('tree_id')}); "
                                 "use another --out folder or delete it")
+        planned = self.settings.schedule_steps
+        if planned is not None and state.get("schedule_steps") != planned:  # without it: the old behaviour
+            raise TrainingError(f"{self.checkpoint_path} was trained with the LR schedule horizon schedule_steps "
+                                f"{state.get('schedule_steps')}, not {planned}: continue it with the same "
+                                "schedule_steps or use another --out folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -228,10 +270,14 @@ class Trainer:
             self.model.train()
         return raw, labels, probs
 
-    def score_region(self, name: str) -> tuple[dict[str, float], np.ndarray]:
+    def score_region(self, name: str, save_probs: bool = False) -> tuple[dict[str, float], np.ndarray]:
+        """(every metric, predicted class map) of a region; ``save_probs``: also keep the probabilities the
+        scores come from in ``probs/<region>.npz`` (:meth:`arborseg.runs.TrialFolder.save_probs`)."""
         from arborseg.metrics import score_segmentation
 
         raw, labels, probs = self.predict_region(name)
+        if save_probs:
+            runs.TrialFolder(self.out).save_probs(name, probs)
         pred = probs.argmax(0)
         scores = score_segmentation(pred, labels, list(self.data.classes), ignore_value=self.data.ignore_value,
                                     mode=self.settings.fn_mode, background=self.data.background_class,
@@ -247,14 +293,14 @@ class Trainer:
         return value
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        """Score every eval region present; draw overlays of their middle slices."""
+        """Score every eval region present, keeping its probabilities; draw overlays of their middle slices."""
         from arborseg.viz.figures import error_overlay
 
         results = {}
         for name in EVAL_REGIONS:
             if name not in self.data.regions:
                 continue
-            scores, pred = self.score_region(name)
+            scores, pred = self.score_region(name, save_probs=True)  # post-hoc ensembles choose from these
             results[name] = scores
             if self.settings.overlays and name != "validation":
                 raw, labels = self._region(name)
