@@ -60,6 +60,7 @@ def tiny_tree(family: str, seed: int = 0):
     data = _shrink(data)
     data["window"] = {"z": _smallest(data["window"]["z"]), "xy": XY}
     data["defaults"]["width"] = 4
+    data.pop("portfolio", None)  # its trees are files beside the space; only drawn trees are wanted here
     return parse_space(data, source=f"tiny {family}").sample(seed)
 
 
