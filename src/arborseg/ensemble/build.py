@@ -276,9 +276,6 @@ def inference_cost(members: list[dict[str, Any]], ensemble_dir: Path, n_classes:
 
 def _manifest(ctx, settings, specs, states, done, chosen, selections, ens_scores, member_scores, gains,
               ensemble_dir, steps, train_dict) -> dict[str, Any]:
-    from arborseg import __version__
-
-    data = ctx.data
     index = {s.key: i for i, s in enumerate(done)}
     candidates, members = [], []
     for spec in specs:
@@ -291,21 +288,34 @@ def _manifest(ctx, settings, specs, states, done, chosen, selections, ens_scores
         if weight > 0:
             members.append(entry)
     members.sort(key=lambda e: -e["weight"])
+    return manifest_body(
+        ctx, "train", settings.ensemble_name, chosen, members, candidates, ens_scores, selections, settings, gains,
+        baseline=(done[0].key, "best single member on validation"), ensemble_dir=ensemble_dir,
+        settings_block={"top": settings.top, "seeds": settings.seeds, "fusion": settings.fusion,
+                        "selection": settings.selection, "steps": steps, "bootstrap": settings.bootstrap,
+                        "rounds": settings.rounds, "train": train_dict})
+
+
+def manifest_body(ctx: Any, mode: str, name: str, chosen: Any, members: list[dict], candidates: list[dict],
+                  ens_scores: dict, selections: dict[str, Any], settings: Any, gains: dict,
+                  baseline: tuple[str, str], ensemble_dir: Path, settings_block: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``ensemble.json`` that both modes share (``mode``: "train" or "posthoc")."""
+    from arborseg import __version__
+
+    data = ctx.data
     return {
-        "format": FORMAT, "mode": "train", "name": settings.ensemble_name, "campaign": str(ctx.run_dir),
-        "objective": ctx.objective, "inference": inference_cost(members, ensemble_dir, len(data.classes)),
+        "format": FORMAT, "mode": mode, "name": name, "campaign": str(ctx.run_dir), "objective": ctx.objective,
         "direction": ctx.direction, "classes": list(data.classes), "ignore_value": data.ignore_value,
         "voxel_size": list(data.voxel_size) if data.voxel_size else None,
         "normalizer": data.normalizer().to_dict(), "fusion": chosen.fusion, "members": members,
         "candidates": candidates, "scores": ens_scores,
-        "gain": {"baseline": done[0].key, "baseline_rule": "best single member on validation",
+        "inference": inference_cost(members, ensemble_dir, len(data.classes)),
+        "gain": {"baseline": baseline[0], "baseline_rule": baseline[1],
                  "n_boot": settings.bootstrap, "confidence": 0.95, "regions": gains},
         "selection": settings.selection,
         "validation": {f: s.value for f, s in selections.items()},
         "greedy_history": chosen.history,
-        "settings": {"top": settings.top, "seeds": settings.seeds, "fusion": settings.fusion,
-                     "selection": settings.selection, "steps": steps, "bootstrap": settings.bootstrap,
-                     "rounds": settings.rounds, "train": train_dict},
+        "settings": settings_block,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "arborseg_version": __version__,
     }

@@ -14,7 +14,6 @@ names the members' trial folders (paths relative to the ensemble folder), so ``a
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,11 @@ from arborseg.ensemble.build import (
     EnsembleSettings,
     _member_entry,
     choose_on_validation,
-    inference_cost,
+    manifest_body,
     pick_fusion,
     score_regions,
 )
-from arborseg.ensemble.manifest import FORMAT, write_manifest
+from arborseg.ensemble.manifest import write_manifest
 from arborseg.ensemble.members import PROB_REGIONS, MemberSpec
 from arborseg.ensemble.objective import Scoring
 from arborseg.ensemble.select import CampaignContext, open_campaign
@@ -122,9 +121,6 @@ def build_posthoc(run_dir: str | Path, settings: EnsembleSettings | None = None)
 def _manifest(ctx: CampaignContext, settings: EnsembleSettings, name: str, done: list[MemberSpec], chosen: Any,
               selections: dict[str, Any], ens_scores: dict, member_scores: list[dict], gains: dict,
               ensemble_dir: Path) -> dict[str, Any]:
-    from arborseg import __version__
-
-    data = ctx.data
     complete = {"state": ResultState.COMPLETE}
     counts = chosen.counts if chosen.counts is not None else [0] * len(done)
     candidates, members = [], []
@@ -136,22 +132,11 @@ def _manifest(ctx: CampaignContext, settings: EnsembleSettings, name: str, done:
         if weight > 0:
             members.append(entry)
     members.sort(key=lambda e: -e["weight"])
-    return {
-        "format": FORMAT, "mode": "posthoc", "name": name, "campaign": str(ctx.run_dir), "objective": ctx.objective,
-        "direction": ctx.direction, "classes": list(data.classes), "ignore_value": data.ignore_value,
-        "voxel_size": list(data.voxel_size) if data.voxel_size else None,
-        "normalizer": data.normalizer().to_dict(), "fusion": chosen.fusion, "members": members,
-        "candidates": candidates, "scores": ens_scores,
-        "inference": inference_cost(members, ensemble_dir, len(data.classes)),
-        "gain": {"baseline": done[0].key, "baseline_rule": "best single trial on validation",
-                 "n_boot": settings.bootstrap, "confidence": 0.95, "regions": gains},
-        "selection": settings.selection,
-        "validation": {f: s.value for f, s in selections.items()},
-        "greedy_history": chosen.history,
-        "settings": {"candidates": settings.candidates, "init": settings.init, "fusion": settings.fusion,
-                     "selection": settings.selection, "bootstrap": settings.bootstrap, "rounds": settings.rounds,
-                     "train": None},
-        "training_steps": 0,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "arborseg_version": __version__,
-    }
+    manifest = manifest_body(
+        ctx, "posthoc", name, chosen, members, candidates, ens_scores, selections, settings, gains,
+        baseline=(done[0].key, "best single trial on validation"), ensemble_dir=ensemble_dir,
+        settings_block={"candidates": settings.candidates, "init": settings.init, "fusion": settings.fusion,
+                        "selection": settings.selection, "bootstrap": settings.bootstrap,
+                        "rounds": settings.rounds, "train": None})
+    manifest["training_steps"] = 0
+    return manifest
