@@ -6,6 +6,8 @@ Every error a user can cause (bad YAML, bad data, an invalid window, ...) is an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class ArborsegError(Exception):
     """Base class of every error arborseg raises on purpose."""
@@ -37,3 +39,17 @@ class CampaignError(ArborsegError):
 
 class BundleError(ArborsegError):
     """An exported bundle is missing pieces or cannot be loaded."""
+
+
+def did_you_mean(word: object, valid: Iterable[str], otherwise: str = "valid") -> str:
+    """The tail of a one-line error about an unknown name: ``; did you mean 'x'?`` for a close match, else the
+    valid names (``otherwise="valid"``: `` (valid: a, b)``; ``"keys"``: ``; valid keys: a, b``; ``""``: nothing)."""
+    import difflib
+
+    names = [str(v) for v in valid]
+    close = difflib.get_close_matches(str(word), names, n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    if otherwise == "keys":
+        return f"; valid keys: {', '.join(names)}"
+    return f" (valid: {', '.join(names)})" if otherwise else ""

@@ -11,7 +11,6 @@ intensity: {p: 0.5}}``; ``true`` takes the defaults of a block, ``false``/omitte
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from arborseg.errors import DataError
+from arborseg.errors import DataError, did_you_mean
 
 AXES = ("z", "y", "x")
 TOP_KEYS = ("flip", "rot90", "elastic", "intensity")
@@ -93,7 +92,7 @@ class Augmenter:
         blocks: dict[str, Any] = {}
         for key, value in d.items():
             if key not in _BLOCKS:
-                raise DataError(f"{source}.{key}: unknown key{_suggest(key, TOP_KEYS)}")
+                raise DataError(f"{source}.{key}: unknown key{did_you_mean(key, TOP_KEYS, 'keys')}")
             blocks[key] = _block(_BLOCKS[key], value, f"{source}.{key}")
         return cls(**{name: blocks.get(name) for name in _BLOCKS})
 
@@ -187,11 +186,6 @@ def jitter_intensity(image: np.ndarray, params: Intensity, rng: np.random.Genera
 
 
 # ------------------------------------------------------------------------------------------- parsing
-def _suggest(word: Any, valid: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(word), list(valid), n=1)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
-
-
 def _block(kind: type[Any], value: Any, key: str) -> Any:
     if value is None or value is False:
         return None
@@ -204,7 +198,7 @@ def _block(kind: type[Any], value: Any, key: str) -> Any:
     params: dict[str, Any] = {}
     for k, v in value.items():
         if k not in valid:
-            raise DataError(f"{key}.{k}: unknown key{_suggest(k, valid)}")
+            raise DataError(f"{key}.{k}: unknown key{did_you_mean(k, valid, 'keys')}")
         params[k] = v
     for k, v in params.items():
         if k == "axes":

@@ -27,7 +27,6 @@ file and key path, e.g. ``vnc_mito.yaml: regions.train.z: [30, 40] is outside th
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -42,7 +41,7 @@ from arborseg.data.paths import resolve_spec
 from arborseg.data.preprocess import FILTERS, MODES, Normalizer
 from arborseg.data.regions import AXES, REGION_NAMES, Region
 from arborseg.data.volumes import Volume, open_volume
-from arborseg.errors import DataError
+from arborseg.errors import DataError, did_you_mean
 from arborseg.log import get_logger
 
 log = get_logger(__name__)
@@ -273,11 +272,6 @@ def load_data_config(path: str | Path, *, check_labels: bool = True) -> DataConf
 
 
 # ---------------------------------------------------------------------------------------------- parser
-def _suggest(word: Any, valid: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(valid), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -302,7 +296,7 @@ class _Parser:
         for k in d:
             if k not in valid:
                 path = f"{key}.{k}" if key else str(k)
-                raise self.error(path, f"unknown key{_suggest(k, valid)}")
+                raise self.error(path, f"unknown key{did_you_mean(k, valid, 'keys')}")
         return d
 
     # -------------------------------------------------------------------------------------- top
@@ -442,7 +436,7 @@ class _Parser:
         value = self.keys(value, NORMALIZATION_KEYS, "normalization")
         mode = value.get("mode", "percentile")
         if mode not in MODES:
-            raise self.error("normalization.mode", f"{mode!r} is not one of {list(MODES)}{_suggest(mode, MODES)}")
+            raise self.error("normalization.mode", f"{mode!r} is not one of {list(MODES)}{did_you_mean(mode, MODES, 'keys')}")
         out: dict[str, Any] = {"mode": mode}
         if mode == "percentile":
             low, high = value.get("low", 1.0), value.get("high", 99.0)

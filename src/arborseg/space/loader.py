@@ -19,14 +19,13 @@ File layout::
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from arborseg.errors import SpaceError
+from arborseg.errors import SpaceError, did_you_mean
 from arborseg.space.catalog import INHERITED, MODULE_SPECS, TRAINING_PARAMS, WINDOW_PARAMS, ParamSpec
 from arborseg.space.values import Choice, Constant, FloatRange, IntRange, Times, Value
 
@@ -146,11 +145,6 @@ def load_portfolio(entries: Any, base_dir: Path, where: str) -> tuple[Path, ...]
     return tuple(paths)
 
 
-def _suggest(word: str, valid: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(word), list(valid), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 class _Parser:
     def __init__(self, source: str, base_dir: Path | None = None) -> None:
         self.source = source
@@ -167,7 +161,7 @@ class _Parser:
             raise self.fail("", f"expected a mapping with keys {list(TOP_KEYS)}, got {type(data).__name__}")
         for key in data:
             if key not in TOP_KEYS:
-                raise self.fail(str(key), f"unknown key{_suggest(key, TOP_KEYS)} (valid: {', '.join(TOP_KEYS)})")
+                raise self.fail(str(key), f"unknown key{did_you_mean(key, TOP_KEYS, '')} (valid: {', '.join(TOP_KEYS)})")
         for key in ("name", "root"):
             if key not in data:
                 raise self.fail(key, "missing required key")
@@ -198,7 +192,7 @@ class _Parser:
         out: dict[str, Value] = {}
         for key, value in raw.items():
             if key not in specs:
-                raise self.fail(f"{path}.{key}", f"unknown key{_suggest(key, sorted(specs))} "
+                raise self.fail(f"{path}.{key}", f"unknown key{did_you_mean(key, sorted(specs), '')} "
                                 f"(valid: {', '.join(sorted(specs))})")
             out[key] = self.value(value, specs[key], f"{path}.{key}", inheritable=False)
         return out
@@ -221,7 +215,7 @@ class _Parser:
             raise self.fail(path, "missing required key 'type' (or 'oneof' / 'use')")
         kind = raw["type"]
         if kind not in MODULE_SPECS:
-            raise self.fail(f"{path}.type", f"{kind!r} is not a module type{_suggest(kind, list(MODULE_SPECS))} "
+            raise self.fail(f"{path}.type", f"{kind!r} is not a module type{did_you_mean(kind, list(MODULE_SPECS), '')} "
                             f"(valid: {', '.join(MODULE_SPECS)})")
         spec = MODULE_SPECS[kind]
         values: dict[str, Value] = {}
@@ -238,7 +232,7 @@ class _Parser:
             elif key in INHERITED:  # set here for the descendants
                 values[key] = self.value(value, INHERITED[key], key_path, inheritable=True)
             else:
-                raise self.fail(key_path, f"unknown key for {kind}{_suggest(key, valid)} (valid: {', '.join(valid)})")
+                raise self.fail(key_path, f"unknown key for {kind}{did_you_mean(key, valid, '')} (valid: {', '.join(valid)})")
         if spec.children and not children:
             raise self.fail(f"{path}.{spec.children}", f"missing required key: {kind} needs {spec.children}")
         return NodeSpec(kind, values, tuple(children), path)
@@ -253,7 +247,7 @@ class _Parser:
     def resolve_use(self, raw: dict, path: str) -> dict:
         name = raw["use"]
         if name not in self.definitions:
-            raise self.fail(f"{path}.use", f"{name!r} is not defined{_suggest(name, list(self.definitions))} "
+            raise self.fail(f"{path}.use", f"{name!r} is not defined{did_you_mean(name, list(self.definitions), '')} "
                             f"(definitions: {', '.join(self.definitions) or 'none'})")
         if name in self.using:
             raise self.fail(f"{path}.use", f"circular reference {' -> '.join(self.using + [name])}")
@@ -285,7 +279,7 @@ class _Parser:
         allowed = {"int": {"int", "log", "step"}, "float": {"float", "log"}, "choice": {"choice"},
                    "times": {"times"}}[kind]
         for key in keys - allowed:
-            raise self.fail(f"{path}.{key}", f"unknown key for a {kind} distribution{_suggest(key, sorted(allowed))} "
+            raise self.fail(f"{path}.{key}", f"unknown key for a {kind} distribution{did_you_mean(key, sorted(allowed), '')} "
                             f"(valid: {', '.join(sorted(allowed))})")
         if kind == "choice":
             options = raw["choice"]
