@@ -145,11 +145,16 @@ def build_dilated_block(node: ModuleNode, cin: int, ctx: BuildContext) -> tuple[
 
 
 class EncoderDecoder(nn.Module):
-    """A U-Net with ``depth`` resolution levels (``depth - 1`` poolings, never along z in thin 3D)."""
+    """A U-Net with ``depth`` resolution levels (``depth - 1`` poolings, never along z in thin 3D).
+
+    While ``taps`` is a list (deep supervision sets one for a training forward pass), the output of every
+    decoder level is appended to it, lowest resolution first; the output itself does not change."""
 
     def __init__(self, dims: Dims, cin: int, p: dict) -> None:
         super().__init__()
         depth = p["depth"]
+        self.dims = dims
+        self.taps: list[torch.Tensor] | None = None
         self.widths = [max(1, int(round(p["width"] * p["width_growth"] ** i))) for i in range(depth)]
         self.skip_merge = p["skip_merge"]
 
@@ -183,6 +188,8 @@ class EncoderDecoder(nn.Module):
             x = up(x)
             x = torch.cat([x, skip], dim=1) if self.skip_merge == "concat" else x + skip
             x = decoder(x)
+            if self.taps is not None:
+                self.taps.append(x)
         return x
 
 

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from arborseg.errors import WindowError
-from arborseg.nn.blocks import BuildContext
+from arborseg.log import get_logger
+from arborseg.nn.blocks import BuildContext, EncoderDecoder
+from arborseg.nn.supervision import DeepSupervisionHeads, head_parameter_ids, supervised_encoder_decoder
 from arborseg.tree import ModuleTree
+
+log = get_logger(__name__)
+
+#: state_dict prefix of the deep-supervision heads (training only; dropped when loaded into a net without them)
+AUX_PREFIX = "aux_heads."
 
 
 def window_multiple(tree: ModuleTree) -> tuple[int, int, int]:
@@ -46,9 +55,15 @@ def check_window(tree: ModuleTree, window: Sequence[int]) -> None:
 
 
 class ArborNet(nn.Module):
-    """The network of a module tree: (N, 1, Z, Y, X) -> logits (N, n_classes, Z, Y, X)."""
+    """The network of a module tree: (N, 1, Z, Y, X) -> logits (N, n_classes, Z, Y, X).
 
-    def __init__(self, tree: ModuleTree, n_classes: int, in_channels: int = 1) -> None:
+    With ``deep_supervision`` it also has 1x1 heads at the decoder levels of its first deep enough encoder-decoder
+    (:mod:`arborseg.nn.supervision`): a forward pass in training mode keeps those levels' features and
+    :meth:`deep_supervision_outputs` turns them into auxiliary logits. The output, evaluation, export and FLOPs
+    are those of the network without heads; a state_dict with head weights loads into a network without them.
+    """
+
+    def __init__(self, tree: ModuleTree, n_classes: int, in_channels: int = 1, deep_supervision: bool = False) -> None:
         super().__init__()
         self.tree = tree
         self.n_classes = n_classes
@@ -56,22 +71,72 @@ class ArborNet(nn.Module):
         self.multiple = window_multiple(tree)
         self.body, out = BuildContext(n_classes).build(tree.root, in_channels)
         assert out == n_classes, f"network ends with {out} channels, expected {n_classes}"
+        self.aux_heads: DeepSupervisionHeads | None = None
+        self._tap_name = ""
+        self._aux: tuple[list[torch.Tensor], int] | None = None
+        if deep_supervision:
+            found = supervised_encoder_decoder(self.body)
+            if found is None:
+                log.debug("deep supervision has no effect on %s: no encoder_decoder of depth >= 4", tree.name)
+            else:  # built after the body: the body's initial weights do not depend on deep supervision
+                self._tap_name = found[0]
+                self.aux_heads = DeepSupervisionHeads(found[1], n_classes)
+
+    @property
+    def deep_supervision_levels(self) -> int:
+        """The number of decoder resolutions the loss weights cover (nnU-Net's list), 0 without heads."""
+        return 0 if self.aux_heads is None else self.aux_heads.levels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise WindowError(f"{self.tree.name} expects input (N, {self.in_channels}, Z, Y, X), got {tuple(x.shape)}")
         if any(s % m or (m > 1 and s < 2 * m) for s, m in zip(x.shape[2:], self.multiple)):
             check_window(self.tree, tuple(x.shape[2:]))
-        return self.body(x)
+        if self.aux_heads is None or not self.training:
+            return self.body(x)
+        tapped = self.body.get_submodule(self._tap_name)
+        assert isinstance(tapped, EncoderDecoder)
+        taps: list[torch.Tensor] = []
+        tapped.taps = taps
+        try:
+            out = self.body(x)
+            self._aux = (taps, x.shape[0])
+        finally:
+            tapped.taps = None
+        return out
+
+    def deep_supervision_outputs(self) -> list[torch.Tensor]:
+        """The auxiliary logits of the last training-mode forward pass, highest resolution first (each
+        (N, n_classes, z, y, x)); [] without heads. Each pass's features are used once: a second call returns []."""
+        if self.aux_heads is None or self._aux is None:
+            return []
+        taps, batch = self._aux
+        self._aux = None
+        return self.aux_heads(taps, batch)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """As :meth:`torch.nn.Module.load_state_dict`; deep-supervision head weights are skipped when this network
+        has no heads (a model trained with deep supervision predicts without them)."""
+        if self.aux_heads is None and any(k.startswith(AUX_PREFIX) for k in state_dict):
+            kept: OrderedDict[str, Any] = OrderedDict((k, v) for k, v in state_dict.items()
+                                                      if not k.startswith(AUX_PREFIX))
+            metadata = getattr(state_dict, "_metadata", None)
+            if metadata is not None:
+                kept._metadata = metadata  # type: ignore[attr-defined]
+            state_dict = kept
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def build_network(tree: ModuleTree, n_classes: int, in_channels: int = 1) -> ArborNet:
-    """Build the PyTorch network of ``tree`` for ``n_classes`` output classes."""
-    return ArborNet(tree, n_classes, in_channels)
+def build_network(tree: ModuleTree, n_classes: int, in_channels: int = 1, deep_supervision: bool = False) -> ArborNet:
+    """Build the PyTorch network of ``tree`` for ``n_classes`` output classes; ``deep_supervision``: with the
+    training-only heads of :class:`ArborNet` (the trainer asks for them when the tree's training value does)."""
+    return ArborNet(tree, n_classes, in_channels, deep_supervision)
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of the network as it predicts (deep supervision's training-only heads left out)."""
+    heads = head_parameter_ids(model)
+    return sum(p.numel() for p in model.parameters() if id(p) not in heads)
 
 
 def count_flops(model: nn.Module, window: tuple[int, int, int], in_channels: int = 1) -> int:

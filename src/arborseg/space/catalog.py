@@ -187,6 +187,8 @@ TRAINING_PARAMS: dict[str, ParamSpec] = {
         _p("dice_weight", float, 0.0, low=0.0, high=10.0),
         _p("foreground_bias", float, 0.3, low=0.0, high=1.0),
         _p("class_weighting", str, "inverse_sqrt", options=("none", "inverse", "inverse_sqrt")),
+        _p("deep_supervision", bool, False,
+           doc="losses at the first encoder_decoder's decoder levels too, weights 1/2^i (nnU-Net); training only"),
     ]
 }
 

@@ -3,9 +3,12 @@
 Per-voxel weights combine (a) class-frequency weights and (b) prediction-error weights: voxels a
 previous prediction got wrong (or only its false negatives) are upweighted, as in the
 bootstrapping paper's error-weighted retraining. Voxels labelled ``ignore_value`` never count.
+Deep supervision (nnU-Net) sums this loss over a network's outputs at several resolutions.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -81,3 +84,47 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tens
     dice = (2 * inter + eps) / (denom + eps)
     keep = [c for c in range(n_classes) if c != background] or list(range(n_classes))
     return 1.0 - dice[keep].mean()
+
+
+def deep_supervision_weights(levels: int) -> list[float]:
+    """nnU-Net's loss weights for ``levels`` decoder resolutions, full resolution first: 1/2^i, the lowest
+    resolution's set to 0, normalised to sum 1 (nnUNetTrainer._build_loss); [1.0] for one level."""
+    if levels < 1:
+        raise ValueError(f"deep supervision needs at least one level, got {levels}")
+    if levels == 1:
+        return [1.0]
+    weights = [0.5 ** i for i in range(levels - 1)] + [0.0]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def downsample_nearest(values: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``values`` (N, Z, Y, X) sampled at the voxels nearest to the centres of a (z, y, x) = ``size`` grid
+    (PyTorch's 'nearest-exact', as nnU-Net's DownsampleSegForDSTransform): labels, ignore values and voxel
+    weights keep their exact values and dtype."""
+    for axis, out in enumerate(size, start=1):
+        n = values.shape[axis]
+        if n != out:
+            index = ((torch.arange(out, device=values.device, dtype=torch.float64) + 0.5) * (n / out)).floor()
+            values = values.index_select(axis, index.long().clamp_max(n - 1))
+    return values
+
+
+def deep_supervision_loss(outputs: Sequence[torch.Tensor], weights: Sequence[float], target: torch.Tensor,
+                          class_weight: torch.Tensor | None = None, voxel_weight: torch.Tensor | None = None,
+                          ignore_value: int | None = None, dice_weight: float = 0.0,
+                          dice_background: int | None = 0) -> torch.Tensor:
+    """sum_i ``weights[i]`` x :func:`segmentation_loss` of ``outputs[i]`` (logits, full resolution first), with
+    ``target`` and ``voxel_weight`` sampled to each output's size (:func:`downsample_nearest`). Weights beyond
+    the outputs must be 0 (the lowest decoder level, which has no head)."""
+    if not outputs or len(outputs) > len(weights) or any(weights[len(outputs):]):
+        raise ValueError(f"{len(outputs)} outputs do not fit the deep supervision weights {list(weights)}")
+    terms = []
+    for logits, weight in zip(outputs, weights):
+        if weight == 0:
+            continue
+        size = tuple(logits.shape[2:])
+        vw = None if voxel_weight is None else downsample_nearest(voxel_weight, size)
+        terms.append(weight * segmentation_loss(logits, downsample_nearest(target, size), class_weight, vw,
+                                                ignore_value, dice_weight, dice_background))
+    return torch.stack(terms).sum()

@@ -26,7 +26,13 @@ from arborseg.log import get_logger
 from arborseg.metrics import minimise
 from arborseg.nn import build_network, check_window, count_flops, count_parameters
 from arborseg.space.catalog import TRAINING_PARAMS
-from arborseg.train.losses import class_weights, error_weight_map, segmentation_loss
+from arborseg.train.losses import (
+    class_weights,
+    deep_supervision_loss,
+    deep_supervision_weights,
+    error_weight_map,
+    segmentation_loss,
+)
 from arborseg.train.result import NullReporter, Reporter, TrialPruned
 from arborseg.train.settings import EVAL_REGIONS, TrainSettings
 from arborseg.tree import ModuleTree
@@ -119,7 +125,10 @@ class Trainer:
         check_window(tree, self.window)
         self.n_classes = len(data.classes)
         self.rng = seed_everything(settings.seed)
-        self.model = build_network(tree, self.n_classes).to(self.device)
+        self.model = build_network(tree, self.n_classes,
+                                   deep_supervision=bool(self.values["deep_supervision"])).to(self.device)
+        levels = self.model.deep_supervision_levels  # 0: no deep supervision (off, or no deep encoder-decoder)
+        self.ds_weights = deep_supervision_weights(levels) if levels else None
         self.horizon = schedule_horizon(settings)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.values, self.horizon)
         self.history: list[dict] = []
@@ -233,8 +242,14 @@ class Trainer:
         try:
             with autocast(self.device, self.settings.amp):
                 logits = self.model(xt)
-            loss = segmentation_loss(logits, yt, self.class_weight, wt, self.data.ignore_value,
-                                     self.values["dice_weight"], self.data.background_class)
+                aux = self.model.deep_supervision_outputs() if self.ds_weights else []
+            if self.ds_weights:  # nnU-Net: the loss at every decoder level, full resolution first
+                loss = deep_supervision_loss([logits, *aux], self.ds_weights, yt, self.class_weight, wt,
+                                             self.data.ignore_value, self.values["dice_weight"],
+                                             self.data.background_class)
+            else:
+                loss = segmentation_loss(logits, yt, self.class_weight, wt, self.data.ignore_value,
+                                         self.values["dice_weight"], self.data.background_class)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at step {self.step + 1} of {self.tree.name}; "
                                     f"lower the learning rate (now {self.values['lr']:.2g}) or check the data")
