@@ -17,6 +17,7 @@ setup:
 
 quickstart: setup
 	arborseg search examples/quickstart.yaml
+	arborseg ensemble runs/quickstart
 
 # ruff (ruff.toml) on the code, tests and benchmarks; mypy (mypy.ini) on the package
 lint: setup

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("nn", "data"),
     ("inference",),
     ("train",),
-    ("jobs", "campaign.storage", "campaign.config", "campaign.optuna_draw", "campaign.worker_trial"),
+    ("jobs", "campaign.storage", "campaign.budget", "campaign.config", "campaign.optuna_draw", "campaign.worker_trial"),
     ("runs",),
     ("campaign",),
     ("table", "ensemble.manifest"),  # the ensemble manifest format: read by the run table, written by ensembles

@@ -139,10 +139,12 @@ def test_nan_loss_becomes_fail_row_and_retries_follow_policy(tmp_path):
     path = write_campaign(tmp_path, data=data, budget={"random_trees": 1, "refine_top": 1}, retries=1)
     run_dir = run_campaign(path, tmp_path / "runs")
     trials = trials_of(run_dir)
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]  # first try + one retry, no refinement
-    assert [t.user_attrs["attempt"] for t in trials] == [1, 2]
+    # the first try and one retry, on the same trial (a retry continues its checkpoint); no refinement
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert trials[0].user_attrs["attempt"] == 2
     # NaN in the raw data is refused at load (it used to surface as "loss became nan")
-    assert all("NaN/inf voxels" in t.user_attrs["fail_reason"] for t in trials)
+    assert "NaN/inf voxels" in trials[0].user_attrs["fail_reason"]
+    assert "NaN/inf voxels" in trials[0].user_attrs["last_failure"]
 
 
 def _tampered(result) -> object:

@@ -128,6 +128,27 @@ class TrialFolder:
         tmp.replace(path)
         return path
 
+    def rung_probs_path(self, steps: int, region: str = "validation") -> Path:
+        """``probs/step<steps>/<region>.npz``: the probabilities a trial had at the end of a rung."""
+        return self.probs_dir / f"step{int(steps)}" / f"{region}{PROBS_SUFFIX}"
+
+    def keep_rung_probs(self, steps: int, region: str = "validation") -> Path | None:
+        """Keep the current probabilities of ``region`` as those of the rung ending at ``steps`` (a hard link where
+        the file system allows, else a copy); None when there are none."""
+        import os
+        import shutil
+
+        source, dest = self.probs_path(region), self.rung_probs_path(steps, region)
+        if not source.is_file():
+            return None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        try:
+            os.link(source, dest)
+        except OSError:
+            shutil.copyfile(source, dest)
+        return dest
+
     def read_probs(self, region: str) -> Any:
         """The float16 probabilities of ``region`` (``probs/<region>.npz``, or an older member's ``.npy``);
         None when neither is there."""

@@ -5,17 +5,20 @@
     name: quickstart
     data: quickstart_data.yaml        # a data YAML (path) or the data mapping itself
     space: ../search_spaces/quickstart.yaml
-    budget:
-      random_trees: 6                 # phase A: distinct random trees
-      refine_top: 2                   # phase B: the best trees ...
-      refine_trials: 3                # ... each refined by this many Optuna trials
-      steps: 150                      # train steps per trial
-      eval_every: 50                  # validation (and pruning report) interval
+    budget:                           # see arborseg.campaign.budget
+      total_steps: 3000               # every train step of the campaign (all rungs of all trials)
+      first_rung: 40                  # successive halving: every trial trains 40 steps, the best 1/eta go on ...
+      eta: 3                          # ... to 120, then 360 steps (rungs: 3), continuing from their checkpoints
+      rungs: 3
+      refine_top: 2                   # the best trees ...
+      refine_trials: 3                # ... each refined by this many Optuna trials (in the same rungs)
       max_gflops: 12                  # optional: skip trees whose forward pass over one window costs more
+    # old form, one rung without successive halving: budget: {random_trees: 6, steps: 150, eval_every: 50, ...}
     objective: {metric: fg_iou}       # direction inferred (fn_*/fp_* minimise), or give direction:
     sampler: {name: tpe, seed: 0}     # tpe | cmaes | random (phase B); other keys go to the Optuna sampler
     seed: 0                           # seeds the samplers (default: sampler.seed, else 0)
-    pruner: {name: median, n_startup_trials: 2, n_warmup_steps: 50}   # median | successive_halving | hyperband | none
+    pruner: {name: none}              # within a rung: median | successive_halving | hyperband | none
+                                      # (default: none with rungs, median with the old form)
     executor: {kind: local, workers: 2}   # debug | local | slurm (+ slurm options)
     storage: sqlite                   # sqlite | journal | journal:/path | an SQLAlchemy URL
     train: {seed: 0, fn_mode: 2d}     # TrainSettings (see arborseg.train)
@@ -26,30 +29,23 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from arborseg.errors import CampaignError
+from arborseg.campaign.budget import RungPlan, make_plan, normalise_budget
+from arborseg.errors import CampaignError, did_you_mean
 from arborseg.jobs.options import DEFAULT_WORKERS, KINDS
 from arborseg.metrics import minimise
 from arborseg.train.settings import TrainSettings
 
 TOP_KEYS = ("name", "description", "data", "space", "budget", "objective", "sampler", "pruner", "executor",
             "storage", "train", "retries", "seed", "portfolio")
-BUDGET_KEYS = {"random_trees": 8, "refine_top": 2, "refine_trials": 4, "steps": 200, "eval_every": 50,
-               "max_gflops": None}
 SAMPLERS = ("tpe", "cmaes", "random")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
 EXECUTORS = KINDS
-
-
-def _suggest(word: str, valid) -> str:
-    close = difflib.get_close_matches(str(word), list(valid), n=1)
-    return f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(valid)})"
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ class CampaignConfig:
     data: Any  # DataConfig
     data_spec: Any  # the path or mapping as written (resolved path when a path)
     space_path: Path
-    budget: dict[str, Any]  # the BUDGET_KEYS: integers, and max_gflops (a number or None)
+    budget: dict[str, Any]  # normalised (arborseg.campaign.budget): every key, "steps" = the top rung's steps
     objective: str
     direction: str
     sampler: dict[str, Any]
@@ -73,12 +69,18 @@ class CampaignConfig:
     raw: dict = field(default_factory=dict, repr=False)
     portfolio: tuple[Path, ...] = ()  # the space's portfolio tree files, then the campaign's (resolved)
 
+    def plan(self, portfolio: int | None = None) -> RungPlan:
+        """The successive-halving plan (``portfolio``: trees actually trained, default all listed)."""
+        return make_plan(self.budget, len(self.portfolio) if portfolio is None else portfolio, self.source.name)
+
     @property
     def train_settings(self) -> TrainSettings:
         settings = dict(self.train)
         settings.setdefault("objective", self.objective)
         settings["steps"] = self.budget["steps"]
         settings["eval_every"] = self.budget["eval_every"]
+        if self.budget["form"] == "rungs":  # every rung continues the same LR schedule, planned for the top rung
+            settings.setdefault("schedule_steps", self.budget["steps"])
         return TrainSettings.from_dict(settings)
 
     @property
@@ -124,7 +126,7 @@ def load_campaign(path: str | Path) -> CampaignConfig:
         raise CampaignError(f"{source}: expected a mapping with keys {list(TOP_KEYS)}")
     for key in raw:
         if key not in TOP_KEYS:
-            raise CampaignError(f"{source}: {key}: unknown key{_suggest(key, TOP_KEYS)}")
+            raise CampaignError(f"{source}: {key}: unknown key{did_you_mean(key, TOP_KEYS)}")
     for key in ("name", "data", "space"):
         if key not in raw:
             raise CampaignError(f"{source}: {key}: missing required key")
@@ -146,20 +148,8 @@ def load_campaign(path: str | Path) -> CampaignConfig:
     space = load_space(space_path)  # validate now, not in a job
     portfolio = _portfolio(space.portfolio, raw.get("portfolio"), base, data, source, space_path)
 
-    budget: dict[str, Any] = dict(BUDGET_KEYS)
-    for key, value in (raw.get("budget") or {}).items():
-        if key not in BUDGET_KEYS:
-            raise CampaignError(f"{source}: budget.{key}: unknown key{_suggest(key, BUDGET_KEYS)}")
-        if key == "max_gflops":
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not value > 0):
-                raise CampaignError(f"{source}: budget.max_gflops: expected a positive number of GFLOPs "
-                                    f"(forward pass over one window) or null, got {value!r}")
-        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise CampaignError(f"{source}: budget.{key}: expected a non-negative integer, got {value!r}")
-        budget[key] = value
-    if budget["steps"] < 1 or budget["eval_every"] < 1:
-        raise CampaignError(f"{source}: budget.steps and budget.eval_every must be at least 1")
+    budget = normalise_budget(raw.get("budget"), source)
+    make_plan(budget, len(portfolio), source)  # refuses a budget that cannot hold its plan
 
     objective = raw.get("objective") or {}
     if isinstance(objective, str):
@@ -174,13 +164,13 @@ def load_campaign(path: str | Path) -> CampaignConfig:
 
     sampler = {"name": "tpe", **(raw.get("sampler") or {})}
     if sampler["name"] not in SAMPLERS:
-        raise CampaignError(f"{source}: sampler.name: {sampler['name']!r}{_suggest(sampler['name'], SAMPLERS)}")
-    pruner = {"name": "median", **(raw.get("pruner") or {})}
+        raise CampaignError(f"{source}: sampler.name: {sampler['name']!r}{did_you_mean(sampler['name'], SAMPLERS)}")
+    pruner = {"name": "median" if budget["form"] == "steps" else "none", **(raw.get("pruner") or {})}
     if pruner["name"] not in PRUNERS:
-        raise CampaignError(f"{source}: pruner.name: {pruner['name']!r}{_suggest(pruner['name'], PRUNERS)}")
+        raise CampaignError(f"{source}: pruner.name: {pruner['name']!r}{did_you_mean(pruner['name'], PRUNERS)}")
     executor = {"kind": "local", **(raw.get("executor") or {})}
     if executor["kind"] not in EXECUTORS:
-        raise CampaignError(f"{source}: executor.kind: {executor['kind']!r}{_suggest(executor['kind'], EXECUTORS)}")
+        raise CampaignError(f"{source}: executor.kind: {executor['kind']!r}{did_you_mean(executor['kind'], EXECUTORS)}")
     if executor["kind"] == "local":
         # written out, as campaign.json has always shown it; the driver and the executor read the same default
         executor.setdefault("workers", DEFAULT_WORKERS["local"])

@@ -1,28 +1,31 @@
-"""The campaign driver: random module trees, then Optuna refinement of the best, as submitit jobs.
+"""The campaign driver: portfolio and random module trees, Optuna refinement of the best, all in the rungs of
+asynchronous successive halving, every rung of every trial a submitit job.
 
-Phase A samples ``budget.random_trees`` distinct trees (tree i from the i-th child of the campaign
-seed, so a resumed campaign plans the same trees) and registers each in Optuna by enqueueing its
-drawn values, so every drawn value is an Optuna parameter. Phase B refines the refinable values
-of the ``refine_top`` best trees, one Optuna study per tree with the structure held fixed.
-With ``budget.max_gflops``, trees whose forward pass over one window costs more are never trained:
-phase A draws past them, and phase B closes such a proposal as FAIL ("over max_gflops") and asks again.
+Every trial starts at the first rung: the portfolio's known-good trees first (``portfolio:<i>``, study
+``<name>.portfolio``), then ``random_trees`` distinct random trees (``random:<i>``, tree i from the i-th child of
+the campaign seed, so a resumed campaign plans the same trees; their drawn values are enqueued in Optuna, so every
+drawn value is an Optuna parameter), then, once every one of those has finished the first rung, Optuna refinements
+of the non-structural values of the ``refine_top`` best trees (``refine:<tree id>:<j>``, one study per tree). The
+best 1/eta of each rung go on to the next (:mod:`arborseg.campaign.rungs`), **continuing from their checkpoints**:
+one Optuna trial per configuration, RUNNING while it waits between rungs, an intermediate value at the end of each
+rung, COMPLETE when it finishes the top rung; those left below the top are closed PRUNED when the campaign ends.
+The LR schedule of every trial is planned for the top rung (``schedule_steps``), so a trial continued rung by rung
+follows the learning rates of one straight run. The plan (:mod:`arborseg.campaign.budget`) is printed first.
+With ``budget.max_gflops``, trees whose forward pass over one window costs more are never trained: random draws
+skip them, and a refinement proposal over the cap is closed as FAIL ("over max_gflops") and asked again.
 
-Portfolio trees (``portfolio:`` of the space and of the campaign: known-good tree files) are trained before
-the random trees, as tasks "portfolio:<i>" of the study ``<name>.portfolio`` (the tree in the trial's user
-attributes; Optuna parameters only when the space can replay the tree's recorded draws). They count as phase-A
-trials when the best trees are chosen for refinement; one the space cannot express is not refined.
-
-Each unit of work is a *task* ("portfolio:0", "random:3", "refine:<tree id>:1"), stored as a trial attribute.
-On resume, finished tasks are skipped; RUNNING trials without a live job are closed as FAIL
-("stale") and their task runs again in a new trial that starts from the old trial's checkpoint.
+Where a trial is kept in the storage (user attributes), so that a driver killed at any moment resumes with
+nothing lost or repeated: ``target_rung`` (set before its job goes out), ``job_id`` and ``job_rung`` (once it is
+out), ``rung`` / ``rung_values`` (when a rung ends). On resume, a job that still runs (or ended while no driver
+watched) is reattached; a trial whose job was lost is submitted again for the same rung and continues from its
+checkpoint; a trial paused between rungs is promoted later like any other. A failed rung is retried (``retries``)
+on the same trial; after the last attempt the trial is FAIL.
 """
 
 from __future__ import annotations
 
-import math
-import shutil
 import time
-from collections.abc import Collection
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +35,11 @@ from optuna.trial import TrialState
 
 from arborseg.campaign.config import CampaignConfig
 from arborseg.campaign.optuna_draw import OptunaDraw
-from arborseg.campaign.worker_trial import live_trial, set_frozen_user_attrs, trial_id
+from arborseg.campaign.rungs import Contender, finished, promotions
+from arborseg.campaign.worker_trial import live_trial, trial_id
 from arborseg.errors import CampaignError
 from arborseg.log import get_logger
-from arborseg.runs import RunFolder, TrialFolder, save_tree, study_trials
+from arborseg.runs import RunFolder, save_tree, study_trials
 from arborseg.space import load_space
 from arborseg.train.result import ResultState, TrialOutcome, read_outcome
 from arborseg.tree import ModuleTree
@@ -46,23 +50,46 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @dataclass
 class Task:
+    """A configuration to start: a new trial at the first rung."""
+
     key: str  # "portfolio:<i>", "random:<i>" or "refine:<tree id>:<j>"
     study: str
-    tree: ModuleTree  # phase A: the sampled tree; phase B: the tree being refined
-    attempt: int = 1
-    resume_from: str | None = None  # a trial folder whose checkpoint to continue
+    tree: ModuleTree  # portfolio/random: the tree to train; refine: the tree being refined
 
 
 @dataclass
-class Running:
-    """A task's asked trial while its job runs."""
+class Entry:
+    """A trial the driver follows: its task, live Optuna trial, folder and standing in the rungs."""
 
     task: Task
     trial: optuna.trial.Trial
     study: optuna.Study
     out_dir: Path
+    tree_file: str
+    contender: Contender
+    attempt: int = 1
+
+
+@dataclass
+class RungJob:
+    """What the scheduler runs: a new task (``entry`` None) or a trial continuing to rung ``target``."""
+
+    target: int
+    task: Task | None = None
+    entry: Entry | None = None
+
+
+@dataclass
+class Running:
+    """A trial's job in flight, toward rung ``target``."""
+
+    entry: Entry
+    target: int
     started: float = field(default_factory=time.time)
 
+    @property
+    def task(self) -> Task:
+        return self.entry.task
 
 def make_sampler(cfg: CampaignConfig, salt: int) -> optuna.samplers.BaseSampler:
     seed = (cfg.seed * 1_000_003 + salt) % 2**31
@@ -111,13 +138,18 @@ class Campaign:
         self.max_trials = max_trials
         self.progress = progress
         self.space = load_space(cfg.space_path)
-        self.started_trials = 0
         self.stats = {state: 0 for state in ResultState}
         self.max_gflops: float | None = cfg.budget.get("max_gflops")
         self._gflops: dict[str, float] = {}
         self._random: list[ModuleTree] | None = None
         self._portfolio: list[ModuleTree] | None = None
         self._studies: dict[str, optuna.Study] = {}
+        self.plan = cfg.plan(len(self.portfolio_trees()))
+        self.contenders: dict[str, Contender] = {}  # task key -> its standing in the rungs (every trial)
+        self.entries: dict[str, Entry] = {}  # task key -> its live trial (trials still RUNNING)
+        self._new: deque[Task] = deque()
+        self._refine_planned = False
+        self._lost: deque[RungJob] = deque()  # trials whose job a stopped driver lost: submitted again first
         self.folder = RunFolder.create(self.run_dir, self._manifest(), cfg.source)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -132,12 +164,17 @@ class Campaign:
     def refine_study_name(self, tree_id: str) -> str:
         return f"{self.cfg.name}.refine.{tree_id[:10]}"
 
+    @property
+    def maximize(self) -> bool:
+        return self.cfg.direction == "maximize"
+
     def _manifest(self) -> dict[str, Any]:
         """What ``campaign.json`` records."""
         return {"name": self.cfg.name, "campaign_file": str(self.cfg.source), "storage_url": self.storage_url,
                 "objective": self.cfg.objective, "direction": self.cfg.direction,
                 "space": str(self.cfg.space_path), "data": self.cfg.data_spec
-                if isinstance(self.cfg.data_spec, str) else "inline", "budget": self.cfg.budget,
+                if isinstance(self.cfg.data_spec, str) else "inline",
+                "budget": self.cfg.budget | self.plan.to_dict(),
                 "executor": self.cfg.executor} | ({"portfolio": [str(p) for p in self.cfg.portfolio]}
                                                   if self.cfg.portfolio else {})
 
@@ -150,73 +187,86 @@ class Campaign:
     def _open_study(self, name: str, salt: int) -> optuna.Study:
         sampler = optuna.samplers.RandomSampler(seed=self.cfg.seed) \
             if name in (self.random_study_name, self.portfolio_study_name) else make_sampler(self.cfg, salt)
-        direction = optuna.study.StudyDirection.MAXIMIZE if self.cfg.direction == "maximize" \
-            else optuna.study.StudyDirection.MINIMIZE
+        direction = optuna.study.StudyDirection.MAXIMIZE if self.maximize else optuna.study.StudyDirection.MINIMIZE
         return optuna.create_study(study_name=name, storage=self.storage, direction=direction,
                                    sampler=sampler, pruner=self.pruner(), load_if_exists=True)
 
     def pruner(self) -> optuna.pruners.BasePruner:
-        return make_pruner(self.cfg.pruner, self.cfg.budget["eval_every"], self.cfg.budget["steps"])
+        return make_pruner(self.cfg.pruner, self.cfg.budget["eval_every"], self.plan.top_steps)
 
     def all_trials(self) -> list[tuple[optuna.Study, optuna.trial.FrozenTrial]]:
         return study_trials(self.storage, self.cfg.name)
 
-    # ------------------------------------------------------------------ resume
-    def reconcile(self) -> tuple[dict[str, str], list[tuple[Running, Any]]]:
-        """Deal with trials a stopped driver left RUNNING (or enqueued).
+    def rung_of(self, steps: int) -> int | None:
+        """The rung that ends at ``steps`` (None: not a rung of this plan)."""
+        return self.plan.rung_steps.index(steps) if steps in self.plan.rung_steps else None
 
-        A job that still runs (a local job survives ``kill -9`` of its driver; SLURM jobs run on) is
-        reattached and waited for; a job that finished while no driver watched is told as it ended.
-        Trials without a job to follow are closed as FAIL ("stale") and their task re-queued, resuming
-        from the old trial's checkpoint. Returns (task -> old trial folder, reattached (run, job) pairs)."""
+    def _contender(self, key: str, attrs: dict[str, Any], done: bool) -> Contender:
+        values = {}
+        for steps, value in (attrs.get("rung_values") or {}).items():
+            rung = self.rung_of(int(steps))
+            if rung is not None and value is not None:
+                values[rung] = float(value)
+        return Contender(key, values, int(attrs.get("target_rung", max(values, default=0))), done)
+
+    # ------------------------------------------------------------------ resume
+    def reconcile(self) -> list[tuple[Running, Any]]:
+        """Read the campaign back from the storage: the trials of earlier drivers and where each one stands.
+
+        Finished trials count in their rungs; a job that still runs (a local job survives ``kill -9`` of its
+        driver; SLURM jobs run on) or finished while no driver watched is reattached; a trial whose job was lost
+        goes out again for the same rung (from its checkpoint); a paused trial waits for promotion. Enqueued
+        trials that were never asked are closed as FAIL. Returns the reattached (run, job) pairs."""
         from arborseg.jobs.scheduler import JobRecord, reattach
 
-        resume: dict[str, str] = {}
         reattached: list[tuple[Running, Any]] = []
         for study, trial in self.all_trials():
+            attrs = trial.user_attrs
             if trial.state == TrialState.WAITING:  # enqueued but never asked: take it and close it
                 asked = study.ask()
                 asked.set_user_attr("fail_reason", "stale: enqueued by a driver that stopped")
                 asked.set_user_attr("stale", True)
                 study.tell(asked, state=TrialState.FAIL)
                 continue
-            if trial.state != TrialState.RUNNING:
+            key = attrs.get("task")
+            if not key or attrs.get("stale") or attrs.get("over_cap"):
                 continue
-            attrs = trial.user_attrs
-            job_id = attrs.get("job_id")
-            record = JobRecord(str(job_id or ""), str(attrs.get("executor", "")), str(attrs.get("job_folder", "")))
-            found = reattach(record, follow_finished=True)
+            if trial.state != TrialState.RUNNING:
+                self.contenders[key] = self._contender(key, attrs, done=True)
+                continue
+            if "rung_values" not in attrs:  # the last attribute _start writes: the driver stopped before the job
+                stale = live_trial(study, trial)
+                stale.set_user_attr("fail_reason", "stale: asked by a driver that stopped before its job went out")
+                stale.set_user_attr("stale", True)
+                study.tell(stale, state=TrialState.FAIL)
+                continue
+            entry = self._entry(study, trial, self._contender(key, attrs, done=False))
+            self.entries[key] = entry
+            contender = self.contenders[key] = entry.contender
+            if not contender.training:
+                log.info("trial %s (%s) is paused after rung %d", trial.number, key, contender.rung)
+                continue
+            record = JobRecord(str(attrs.get("job_id") or ""), str(attrs.get("executor", "")),
+                               str(attrs.get("job_folder", "")))
+            found = reattach(record, follow_finished=True) if attrs.get("job_rung") == contender.target else None
             if found is not None:
                 job, state = found
-                task = Task(attrs["task"], study.study_name, ModuleTree.load(attrs["tree_file"]),
-                            int(attrs.get("attempt", 1)))
-                run = Running(task, live_trial(study, trial), study, Path(attrs["artifact_dir"]))
-                log.info("trial %s (%s): reattached to job %s (%s)", trial.number, task.key, job_id, state)
-                reattached.append((run, job))
-                continue
-            reason = f"stale: the driver stopped while job {job_id} ran and the job left no result; task re-queued"
-            set_frozen_user_attrs(study, trial, {"fail_reason": reason, "stale": True})
-            study.tell(trial.number, state=TrialState.FAIL)
-            if attrs.get("task") and attrs.get("artifact_dir"):
-                resume[attrs["task"]] = attrs["artifact_dir"]
-            log.warning("trial %s (%s) was RUNNING without a job: closed as FAIL and re-queued", trial.number,
-                        attrs.get("task"))
-        return resume, reattached
+                log.info("trial %s (%s): reattached to job %s (%s)", trial.number, key, record.job_id, state)
+                reattached.append((Running(entry, contender.target), job))
+            else:
+                log.warning("trial %s (%s): its job for rung %d was lost; it goes out again and continues from its "
+                            "checkpoint", trial.number, key, contender.target)
+                entry.trial.set_user_attr("requeued", int(attrs.get("requeued", 0)) + 1)
+                self._lost.append(RungJob(contender.target, entry=entry))
+        return reattached
 
-    def task_states(self) -> tuple[set[str], dict[str, int]]:
-        """(tasks needing no more work, failed attempts per task). Stale trials count for neither."""
-        failed: dict[str, int] = {}
-        done: set[str] = set()
-        for _, trial in self.all_trials():
-            task = trial.user_attrs.get("task")
-            if not task or trial.user_attrs.get("stale"):
-                continue
-            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                done.add(task)
-            elif trial.state == TrialState.FAIL:
-                failed[task] = failed.get(task, 0) + 1
-        done |= {task for task, n in failed.items() if n > self.cfg.retries}
-        return done, failed
+    def _entry(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial, contender: Contender) -> Entry:
+        """The live entry of a RUNNING trial read back from the storage."""
+        attrs = frozen.user_attrs
+        tree_file = str(attrs["tree_file"])
+        task = Task(str(attrs["task"]), study.study_name, ModuleTree.load(tree_file))
+        return Entry(task, live_trial(study, frozen), study, Path(str(attrs["artifact_dir"])), tree_file, contender,
+                     int(attrs.get("attempt", 1)))
 
     # ------------------------------------------------------------------ planning
     def gflops(self, tree: ModuleTree) -> float:
@@ -235,7 +285,7 @@ class Campaign:
         from arborseg.space.sampler import sample_distinct
 
         if self._random is None:
-            n = self.cfg.budget["random_trees"]
+            n = self.plan.random_trees
             self._random = sample_distinct(str(self.cfg.space_path), n, self.cfg.seed, accept=self.within_cap)
             if len(self._random) < n and self.max_gflops is not None:
                 log.warning("only %d of %d random trees cost at most max_gflops %s; raise it or shrink the "
@@ -256,13 +306,6 @@ class Campaign:
                                 "trained", tree.name, path, self.gflops(tree), self.max_gflops)
         return self._portfolio
 
-    def plan_portfolio(self, resume: dict[str, str], busy: Collection[str] = frozenset()) -> list[Task]:
-        done, failed = self.task_states()
-        done = done | set(busy)
-        return [Task(key, self.portfolio_study_name, tree, failed.get(key, 0) + 1, resume.get(key))
-                for key, tree in ((f"portfolio:{i}", t) for i, t in enumerate(self.portfolio_trees()))
-                if key not in done]
-
     def replayable(self, tree: ModuleTree) -> bool:
         """Whether the space rebuilds ``tree`` exactly from the draws recorded in it (then Optuna can refine it)."""
         from arborseg.space import FixedDraw
@@ -274,53 +317,101 @@ class Campaign:
         except Exception:  # a draw the space does not have, or a value outside its range
             return False
 
-    def plan_random(self, resume: dict[str, str], busy: Collection[str] = frozenset()) -> list[Task]:
-        done, failed = self.task_states()
-        done = done | set(busy)
-        tasks = []
-        for i, tree in enumerate(self.random_trees()):
-            key = f"random:{i}"
-            if key not in done:
-                tasks.append(Task(key, self.random_study_name, tree, failed.get(key, 0) + 1, resume.get(key)))
-        return tasks
+    def _queue_first_rung(self) -> None:
+        """Queue the portfolio and random trees that have no trial yet (portfolio first)."""
+        tasks = [Task(f"portfolio:{i}", self.portfolio_study_name, t) for i, t in enumerate(self.portfolio_trees())]
+        tasks += [Task(f"random:{i}", self.random_study_name, t) for i, t in enumerate(self.random_trees())]
+        self._new.extend(t for t in tasks if t.key not in self.contenders)
+
+    def _first_rung_ranked(self) -> bool:
+        """Whether every portfolio and random trial has finished the first rung (or failed)."""
+        return not self._new and all(c.done or c.rung >= 0 for key, c in self.contenders.items()
+                                     if key.startswith(("portfolio:", "random:")))
 
     def best_trees(self) -> list[ModuleTree]:
-        """The ``refine_top`` best distinct trees of phase A by the objective (COMPLETE trials)."""
-        if self.cfg.budget["refine_top"] == 0 or self.cfg.budget["refine_trials"] == 0:
+        """The ``refine_top`` best distinct portfolio/random trees, by how far they got in the rungs, then by their
+        value there. Chosen once and kept in the storage (study attribute ``refine_parents``), so a resumed
+        campaign refines the same trees."""
+        budget = self.cfg.budget
+        if budget["refine_top"] == 0 or budget["refine_trials"] == 0:
             return []
-        complete = [t for name in (self.portfolio_study_name, self.random_study_name)
-                    for t in self.study(name).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.value is not None and not math.isnan(t.value)]
-        complete.sort(key=lambda t: float(t.value or 0.0), reverse=self.cfg.direction == "maximize")
-        trees, seen = [], set()
-        for trial in complete:
-            tree_id = trial.user_attrs.get("tree_id")
-            if tree_id in seen:
-                continue
-            seen.add(tree_id)
-            if trial.user_attrs.get("phase") == "portfolio" and not trial.user_attrs.get("replayable"):
-                log.info("portfolio tree %s is not refined: the space cannot express it", trial.user_attrs.get(
-                    "tree_name"))
-                continue
-            trees.append(ModuleTree.load(trial.user_attrs["tree_file"]))
-            if len(trees) == self.cfg.budget["refine_top"]:
-                break
-        return trees
+        study = self.study(self.random_study_name)
+        chosen = study.user_attrs.get("refine_parents")
+        if chosen is None:
+            sign = -1.0 if self.maximize else 1.0
+            ranked = []
+            for _, trial in self.all_trials():
+                c = self.contenders.get(str(trial.user_attrs.get("task")))
+                if c is None or not c.key.startswith(("portfolio:", "random:")) or c.rung < 0 \
+                        or trial.user_attrs.get("stale"):
+                    continue
+                ranked.append((-c.rung, sign * c.values[c.rung], c.key, trial.user_attrs))
+            ranked.sort(key=lambda item: item[:3])
+            chosen, seen = [], set()
+            for *_, attrs in ranked:
+                if attrs["tree_id"] in seen:
+                    continue
+                seen.add(attrs["tree_id"])
+                if attrs.get("phase") == "portfolio" and not attrs.get("replayable"):
+                    log.info("portfolio tree %s is not refined: the space cannot express it", attrs.get("tree_name"))
+                    continue
+                chosen.append(attrs["tree_file"])
+                if len(chosen) == budget["refine_top"]:
+                    break
+            study.set_user_attr("refine_parents", chosen)
+        return [ModuleTree.load(path) for path in chosen]
 
-    def plan_refine(self, resume: dict[str, str], busy: Collection[str] = frozenset()) -> list[Task]:
-        done, failed = self.task_states()
-        done = done | set(busy)
-        tasks = []
+    def _queue_refinements(self) -> None:
+        self._refine_planned = True
         for tree in self.best_trees():
             if not tree.refinable_choices():
                 log.info("tree %s has nothing to refine", tree.name)
                 continue
             for j in range(self.cfg.budget["refine_trials"]):
                 key = f"refine:{tree.id}:{j}"
-                if key not in done:
-                    tasks.append(Task(key, self.refine_study_name(tree.id), tree, failed.get(key, 0) + 1,
-                                      resume.get(key)))
-        return tasks
+                if key not in self.contenders:
+                    self._new.append(Task(key, self.refine_study_name(tree.id), tree))
+        log.info("refinement: %d trials of the best %d trees join the first rung", len(self._new),
+                 self.cfg.budget["refine_top"])
+
+    @property
+    def all_started(self) -> bool:
+        return self._refine_planned and not self._new
+
+    def _next_task(self) -> Task | None:
+        if not self._new and not self._refine_planned and self._first_rung_ranked():
+            self._queue_refinements()
+        return self._new.popleft() if self._new else None
+
+    def _take(self, free: int) -> list[RungJob]:
+        """Up to ``free`` jobs to run now: lost jobs of a stopped driver, then promotions (higher rungs first),
+        then new trials."""
+        out: list[RungJob] = []
+        while self._lost and len(out) < free:
+            out.append(self._lost.popleft())
+        if len(out) < free:
+            for contender, rung in promotions(list(self.contenders.values()), self.plan.promotions(), self.maximize,
+                                              self.all_started):
+                if len(out) == free:
+                    break
+                entry = self.entries[contender.key]
+                contender.target, entry.attempt = rung, 1
+                for key, value in {"target_rung": rung, "attempt": 1}.items():
+                    entry.trial.set_user_attr(key, value)
+                log.info("trial %s (%s) goes on to rung %d (%d steps)", entry.trial.number, contender.key, rung,
+                         self.plan.rung_steps[rung])
+                out.append(RungJob(rung, entry=entry))
+        while len(out) < free:
+            task = self._next_task()
+            if task is None:
+                break
+            self.contenders[task.key] = Contender(task.key)
+            out.append(RungJob(0, task=task))
+        return out
+
+    def is_finished(self) -> bool:
+        """Nothing left to train: every trial started, none training, none to promote."""
+        return finished(list(self.contenders.values()), self.plan.promotions(), self.maximize, self.all_started)
 
     # ------------------------------------------------------------------ submitting
     def _ask(self, task: Task) -> tuple[optuna.Study, optuna.trial.Trial, ModuleTree]:
@@ -372,44 +463,46 @@ class Campaign:
         study.enqueue_trial(parent.refinable_choices(), skip_if_exists=False)
         return ask()
 
-    def _prepare(self, task: Task) -> tuple[Running, Any]:
-        """(run, job function) for one task: the trial is asked, not yet submitted."""
-        from arborseg.campaign.job import TrialJob
-
+    def _start(self, task: Task) -> Entry:
+        """Ask the trial of a new task and make its folder."""
         study, trial, tree = self._ask(task)
-        out = self.folder.trial(trial_id(trial))
-        out_dir = out.path
+        out_dir = self.folder.trial(trial_id(trial)).path
         out_dir.mkdir(parents=True, exist_ok=True)
         tree_file = save_tree(tree, out_dir)
-        if task.resume_from:
-            old = TrialFolder(Path(task.resume_from)).checkpoint_path
-            if old.exists():
-                shutil.copyfile(old, out.checkpoint_path)
-                log.info("%s continues from the checkpoint of %s", task.key, task.resume_from)
         attrs = {"task": task.key, "phase": task.key.split(":")[0], "tree_id": tree.id, "tree_name": tree.name,
-                 "family": tree.family, "tree_file": str(tree_file), "artifact_dir": str(out_dir),
-                 "attempt": task.attempt, "executor": self.cfg.executor["kind"],
-                 "job_folder": str(self.folder.jobs_dir), "parent_tree_id": task.tree.id}
-        if task.resume_from:
-            attrs["resumed_from"] = task.resume_from
+                 "family": tree.family, "tree_file": str(tree_file), "artifact_dir": str(out_dir), "attempt": 1,
+                 "executor": self.cfg.executor["kind"], "job_folder": str(self.folder.jobs_dir),
+                 "parent_tree_id": task.tree.id, "target_rung": 0, "rung_values": {}}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        settings = self.cfg.train_settings.__dict__ | {"seed": self.cfg.train.get("seed", 0)}
-        job_fn = TrialJob(self.storage_url, task.study, trial_id(trial), str(tree_file), self.cfg.job_data, settings,
-                          str(out_dir), {"pruner": self.cfg.pruner, "eval_every": self.cfg.budget["eval_every"],
-                                         "steps": self.cfg.budget["steps"]})
-        return Running(task, trial, study, out_dir), job_fn
+        entry = Entry(task, trial, study, out_dir, str(tree_file), self.contenders[task.key])
+        self.entries[task.key] = entry
+        return entry
+
+    def _prepare(self, item: RungJob) -> tuple[Running, Any]:
+        """(run, job function) for one rung of one trial: a new trial is asked, not yet submitted."""
+        from arborseg.campaign.job import TrialJob
+
+        entry = item.entry if item.entry is not None else self._start(item.task)  # type: ignore[arg-type]
+        settings = self.cfg.train_settings.__dict__ | {"seed": self.cfg.train.get("seed", 0),
+                                                      "steps": self.plan.rung_steps[item.target]}
+        job_fn = TrialJob(self.storage_url, entry.task.study, trial_id(entry.trial), entry.tree_file, self.cfg.job_data,
+                          settings, str(entry.out_dir), {"pruner": self.cfg.pruner,
+                                                         "eval_every": self.cfg.budget["eval_every"],
+                                                         "steps": self.plan.top_steps})
+        return Running(entry, item.target), job_fn
 
     def _submitted(self, run: Running, job: Any) -> None:
-        run.trial.set_user_attr("job_id", str(job.job_id))
-        run.trial.set_user_attr("log_path", str(job.paths.stderr))
-        self.started_trials += 1
+        for key, value in {"job_id": str(job.job_id), "job_rung": run.target, "log_path": str(job.paths.stderr),
+                           "paused": False}.items():
+            run.entry.trial.set_user_attr(key, value)
 
-    def finish(self, run: Running, job_result) -> ResultState:
-        """Tell Optuna how a finished job ended (a :class:`~arborseg.jobs.outcome.JobOutcome`); return the state.
+    def finish(self, run: Running, job_result) -> RungJob | None:
+        """Record how a rung's job ended (a :class:`~arborseg.jobs.outcome.JobOutcome`); return a retry or None.
 
         What the job returned is read as a :class:`TrialOutcome`; anything malformed fails this trial only."""
-        trial = run.trial
+        entry, rung = run.entry, run.target
+        trial, contender = entry.trial, entry.contender
         if job_result.ok:
             outcome = read_outcome(job_result.result, "trial")
         else:
@@ -420,83 +513,112 @@ class Campaign:
         if state == ResultState.COMPLETE:
             result = outcome.result
             assert result is not None and result.objective_value is not None  # checked: has_value
-            for key in ("params", "flops_per_voxel", "train_seconds", "steps", "seed"):
-                trial.set_user_attr(key, getattr(result, key))
-            trial.set_user_attr("metrics", result.regions)
-            run.study.tell(trial, float(result.objective_value))
+            value, steps = float(result.objective_value), self.plan.rung_steps[rung]
+            contender.values[rung] = value
+            self._report(trial, value, steps)
+            attrs = {key: getattr(result, key) for key in ("params", "flops_per_voxel", "train_seconds", "steps",
+                                                           "seed")}
+            attrs |= {"metrics": result.regions, "rung": rung, "steps_trained": result.steps, "paused": False,
+                      "rung_values": {str(self.plan.rung_steps[k]): v for k, v in sorted(contender.values.items())}}
+            if rung < self.plan.top:
+                attrs["paused"] = True
+            for key, attr in attrs.items():
+                trial.set_user_attr(key, attr)
+            if rung == self.plan.top:
+                entry.study.tell(trial, value)
+                contender.done = True
         elif state == ResultState.PRUNED:
             trial.set_user_attr("prune_reason", reason)
-            run.study.tell(trial, state=TrialState.PRUNED)
+            entry.study.tell(trial, state=TrialState.PRUNED)
+            contender.done = True
         else:
             reason = reason or "unknown failure"
+            if entry.attempt <= self.cfg.retries:
+                entry.attempt += 1
+                trial.set_user_attr("attempt", entry.attempt)
+                trial.set_user_attr("last_failure", reason)
+                log.warning("trial %s (%s) failed at rung %d (%s): attempt %d continues from its checkpoint",
+                            trial.number, entry.task.key, rung, reason, entry.attempt)
+                return RungJob(rung, entry=entry)
             trial.set_user_attr("fail_reason", reason)
-            run.study.tell(trial, state=TrialState.FAIL)
-            log.warning("trial %s (%s) failed: %s", trial.number, run.task.key, reason)
+            entry.study.tell(trial, state=TrialState.FAIL)
+            contender.done = True
+            log.warning("trial %s (%s) failed: %s", trial.number, entry.task.key, reason)
         self.stats[state] += 1
-        return state
+        return None
+
+    @staticmethod
+    def _report(trial: optuna.trial.Trial, value: float, steps: int) -> None:
+        """The rung's value as the trial's intermediate value at ``steps`` (Optuna's learning curve of the trial)."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a value reported at this step before (a rung run again) is kept
+            trial.report(value, steps)
+
+    def _close_paused(self) -> None:
+        """Close the trials left below the top rung as PRUNED (the campaign is over)."""
+        for entry in self.entries.values():
+            contender = entry.contender
+            if not contender.paused:
+                continue
+            reason = f"not promoted past rung {contender.rung} ({self.plan.rung_steps[contender.rung]} steps)"
+            for key, value in {"prune_reason": reason, "stopped_rung": contender.rung, "paused": False}.items():
+                entry.trial.set_user_attr(key, value)
+            entry.study.tell(entry.trial, state=TrialState.PRUNED)
+            contender.done = True
+            self.stats[ResultState.PRUNED] += 1
 
     # ------------------------------------------------------------------ main loop
     def _scheduler(self, executor, bar):
-        """The job scheduler of this driver: ``--max-trials`` counts over both phases; failed tasks are retried."""
+        """The job scheduler of this driver: ``--max-trials`` counts jobs (a rung of a trial is one job)."""
         from arborseg.jobs.scheduler import Scheduler
 
-        def finished(run: Running, job_result) -> Task | None:
-            state = self.finish(run, job_result)
-            task = run.task
-            if state == ResultState.FAIL and task.attempt <= self.cfg.retries:
-                return Task(task.key, task.study, task.tree, task.attempt + 1, str(run.out_dir))
-            bar.update(1)
-            return None
+        def finished_job(run: Running, job_result) -> RungJob | None:
+            retry = self.finish(run, job_result)
+            if retry is None:
+                bar.update(1)
+                self._show(bar)
+            return retry
 
-        return Scheduler(executor, self._prepare, self._submitted, finished, limit=self.max_trials,
-                         progress=lambda running: self._show(bar, running))
+        return Scheduler(executor, self._prepare, self._submitted, finished_job, limit=self.max_trials)
 
-    def _show(self, bar, running: int) -> None:
+    def _show(self, bar) -> None:
         best = self.best_value()
-        bar.set_postfix(done=self.stats[ResultState.COMPLETE], pruned=self.stats[ResultState.PRUNED],
-                        failed=self.stats[ResultState.FAIL], running=running,
+        counts = {rung: sum(1 for c in self.contenders.values() if rung in c.values) for rung in
+                  range(len(self.plan.rung_steps))}
+        bar.set_postfix(rungs="/".join(str(counts[k]) for k in sorted(counts)), failed=self.stats[ResultState.FAIL],
                         best="-" if best is None else f"{best:.4f}")
 
     def best_value(self) -> float | None:
-        values = [t.value for _, t in self.all_trials() if t.state == TrialState.COMPLETE and t.value is not None]
+        """The best objective at the top rung so far."""
+        values = [c.values[self.plan.top] for c in self.contenders.values() if self.plan.top in c.values]
         if not values:
             return None
-        return max(values) if self.cfg.direction == "maximize" else min(values)
+        return max(values) if self.maximize else min(values)
 
     def run(self) -> Path:
-        """Run phase A then phase B; resumable. Returns the run folder."""
+        """Run (or resume) the campaign until its plan is spent. Returns the run folder."""
         from tqdm.auto import tqdm
 
         from arborseg.jobs.executors import make_executor
 
-        resume, reattached = self.reconcile()
+        reattached = self.reconcile()
+        self._queue_first_rung()
+        if self.study(self.random_study_name).user_attrs.get("refine_parents") is not None:
+            self._queue_refinements()  # chosen by an earlier driver
+        log.debug("%s", self.plan.describe())  # the CLI prints it
         kind = self.cfg.executor["kind"]
         executor = make_executor(kind, self.folder.jobs_dir, {k: v for k, v in self.cfg.executor.items()
                                                                if k != "kind"})
-        busy = {run.task.key for run, _ in reattached}
-        portfolio_tasks = self.plan_portfolio(resume, busy)
-        random_tasks = self.plan_random(resume, busy)
-        n_portfolio = len(self.portfolio_trees())
-        total = n_portfolio + self.cfg.budget["random_trees"] + \
-            self.cfg.budget["refine_top"] * self.cfg.budget["refine_trials"]
-        done_before = total - len(portfolio_tasks) - len(random_tasks) - \
-            self.cfg.budget["refine_top"] * self.cfg.budget["refine_trials"]
-        with tqdm(total=total, initial=max(done_before, 0), desc=self.cfg.name, unit="trial",
+        done_jobs = sum(len(c.values) + (1 if c.done and not c.values else 0) for c in self.contenders.values())
+        total = self.plan.jobs()
+        with tqdm(total=total, initial=min(done_jobs, total), desc=self.cfg.name, unit="job",
                   disable=not self.progress) as bar:
             scheduler = self._scheduler(executor, bar)
-            if n_portfolio:
-                log.info("phase A: %d portfolio trees to train first (%d in the portfolio)", len(portfolio_tasks),
-                         n_portfolio)
-            log.info("phase A: %d random trees to train (%d in the plan)", len(random_tasks),
-                     self.cfg.budget["random_trees"])
-            phase_a = [(r, j) for r, j in reattached if r.task.key.startswith(("portfolio", "random"))]
-            if not scheduler.run(portfolio_tasks + random_tasks, phase_a):
-                log.info("stopped after %d new trials (--max-trials); run again to continue", self.started_trials)
-                return self.run_dir
-            refine_running = [(r, j) for r, j in reattached if r.task.key.startswith("refine")]
-            refine_tasks = self.plan_refine(resume, {r.task.key for r, _ in refine_running})
-            bar.update(self.cfg.budget["refine_top"] * self.cfg.budget["refine_trials"] - len(refine_tasks))
-            log.info("phase B: %d refinement trials", len(refine_tasks))
-            if not scheduler.run(refine_tasks, refine_running):
-                log.info("stopped after %d new trials (--max-trials); run again to continue", self.started_trials)
+            scheduler.serve(self._take, reattached)
+        if not self.is_finished():
+            log.info("stopped after %d new jobs (--max-trials); run again to continue", scheduler.started)
+            return self.run_dir
+        self._close_paused()
         return self.run_dir

@@ -23,7 +23,8 @@ log = get_logger(__name__)
 
 @dataclass
 class TrialJob(CheckpointableJob):
-    """Train and score one tree for one Optuna trial; artifacts go to ``out_dir``."""
+    """Train and score one tree for one Optuna trial up to ``settings["steps"]`` (one rung: a trial that has a
+    checkpoint in ``out_dir`` continues from it); artifacts go to ``out_dir``."""
 
     storage_url: str
     study_name: str
@@ -42,6 +43,7 @@ class TrialJob(CheckpointableJob):
         return OptunaReporter(attach_trial(self.storage_url, self.study_name, trial_id=self.trial_id, pruner=pruner))
 
     def run(self) -> TrialOutcome:
+        from arborseg.runs import TrialFolder
         from arborseg.train.settings import TrainSettings
         from arborseg.train.trainer import train_and_score
         from arborseg.tree import ModuleTree
@@ -54,6 +56,7 @@ class TrialJob(CheckpointableJob):
                 tree = ModuleTree.load(self.tree_file)
                 reporter = self._reporter()
                 result = train_and_score(tree, load_data(self.data), settings, out, reporter, progress=False)
+                TrialFolder(out).keep_rung_probs(result["steps"])  # this rung's validation probabilities
                 return TrialOutcome.complete(result)
             except TrialPruned as exc:
                 return TrialOutcome.pruned(str(exc))

@@ -18,8 +18,8 @@ and ``should_prune`` asks ``study.pruner`` on the freshly read trial and the COM
 storage. The pruner is *not* stored in an Optuna storage, so the driver passes its own pruner; without
 one Optuna's default (``MedianPruner()``) would apply.
 
-Optuna's private API is used in one place, at the end of this module (:func:`trial_id`,
-:func:`set_frozen_user_attrs`); :func:`missing_private_api` lists what of it has vanished.
+Optuna's private API is used in one place, at the end of this module (:func:`trial_id`, :func:`live_trial`);
+:func:`missing_private_api` lists what of it has vanished.
 """
 
 from __future__ import annotations
@@ -176,13 +176,6 @@ def live_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.
     return optuna.trial.Trial(study, trial_id(frozen))
 
 
-def set_frozen_user_attrs(study: optuna.Study, frozen: optuna.trial.FrozenTrial, attrs: dict[str, Any]) -> None:
-    """Set user attributes of a RUNNING trial read back from the storage, without making it a live trial
-    (which would call the sampler's ``before_trial``)."""
-    for key, value in attrs.items():
-        study._storage.set_trial_user_attr(trial_id(frozen), key, value)
-
-
 def missing_private_api() -> list[str]:
     """The private Optuna names used here that this Optuna lacks (empty when all is well)."""
     import optuna
@@ -194,8 +187,6 @@ def missing_private_api() -> list[str]:
     for obj, name in ((asked, "Trial._trial_id"), (frozen, "FrozenTrial._trial_id")):
         if not isinstance(getattr(obj, "_trial_id", None), int):
             missing.append(name)
-    if not callable(getattr(getattr(study, "_storage", None), "set_trial_user_attr", None)):
-        missing.append("Study._storage.set_trial_user_attr")
     if not missing:
         try:
             if live_trial(study, frozen).number != asked.number:

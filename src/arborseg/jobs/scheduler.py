@@ -116,27 +116,45 @@ class Scheduler(Generic[ItemT, RunT]):
         Returns False when ``limit`` stopped it before every item was submitted.
         """
         queue = deque(items)
+
+        def take(free: int) -> list[ItemT]:
+            return [queue.popleft() for _ in range(min(free, len(queue)))]
+
+        return self.serve(take, running, queue.append)
+
+    def serve(self, take: Callable[[int], list[ItemT]], running: Iterable[tuple[RunT, Job]] = (),
+              retry: Callable[[ItemT], None] | None = None) -> bool:
+        """Run what ``take(free)`` hands out (at most ``free`` items; asked whenever a worker is free, so the
+        caller decides the order at the last moment) until it hands out nothing and no job is in flight.
+        Items ``finished`` returns go to ``retry`` (default: run them next). Returns False when ``limit`` stopped it.
+        """
+        again: deque[ItemT] = deque()
+        retry = retry or again.append
         flights = [InFlight(run, job) for run, job in running]
         try:
-            while queue or flights:
+            while True:
+                free = self.executor.workers - len(flights)
+                if self.limit is not None:
+                    free = min(free, self.limit - self.started)
                 batch: list[ItemT] = []
-                while queue and len(flights) + len(batch) < self.executor.workers:
-                    if self.limit is not None and self.started + len(batch) >= self.limit:
-                        queue.clear()
-                        break
-                    batch.append(queue.popleft())
+                while again and len(batch) < free:
+                    batch.append(again.popleft())
+                if free > len(batch):
+                    batch += take(free - len(batch))
                 if batch:
                     flights += self._submit(batch)
                     self.progress(len(flights))
+                if not flights:
+                    break
                 still = []
                 for flight in flights:
                     outcome = job_outcome(flight.job)
                     if outcome is None:
                         still.append(flight)
                         continue
-                    retry = self.finished(flight.run, outcome)
-                    if retry is not None:
-                        queue.append(retry)
+                    item = self.finished(flight.run, outcome)
+                    if item is not None:
+                        retry(item)
                 flights = still
                 self.progress(len(flights))
                 if flights:

@@ -1,0 +1,200 @@
+"""One budget, successive halving with continued training: the plan, the promotion rule, and campaigns that
+promote trials from their checkpoints (debug and local executors, kill -9 of the driver mid-campaign)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from campaign_helpers import ROOT, trials_of, write_campaign
+from optuna.trial import TrialState
+
+from arborseg.campaign.budget import make_plan, normalise_budget, plan_cost, rung_sizes
+from arborseg.campaign.config import load_campaign
+from arborseg.campaign.driver import Campaign
+from arborseg.campaign.rungs import Contender, finished, promotions
+from arborseg.errors import CampaignError
+
+RUNGS = {"total_steps": 16, "first_rung": 2, "eta": 2, "rungs": 3, "random_trees": 4, "refine_top": 0}
+
+
+# ---------------------------------------------------------------------- the plan
+def test_plan_sizes_cost_and_derived_random_trees():
+    assert rung_sizes(9, 3, 3) == (9, 3, 1)
+    assert rung_sizes(2, 3, 3) == (2, 1, 1)  # the top rung always gets a trial
+    assert plan_cost(9, 3, (10, 30, 90)) == 9 * 10 + 3 * 20 + 1 * 60
+    budget = normalise_budget({"total_steps": 1000, "first_rung": 10, "eta": 3, "rungs": 3, "refine_top": 1,
+                               "refine_trials": 2}, "c.yaml")
+    assert budget["steps"] == 90 and budget["eval_every"] == 10 and budget["form"] == "rungs"
+    plan = make_plan(budget, portfolio=2)
+    assert plan.rung_steps == (10, 30, 90) and plan.cost() <= 1000
+    assert plan_cost(plan.configs + 1, 3, plan.rung_steps) > 1000  # as many random trees as the budget affords
+    assert plan.portfolio == 2 and plan.refine == 2 and plan.random_trees == plan.configs - 4
+    text = plan.describe()
+    assert "rung 0:" in text and "90 steps" in text and "of the budget 1000" in text
+
+
+def test_old_budget_is_one_rung():
+    budget = normalise_budget({"random_trees": 3, "refine_top": 1, "refine_trials": 2, "steps": 40,
+                               "eval_every": 20}, "c.yaml")
+    plan = make_plan(budget, portfolio=1)
+    assert plan.rung_steps == (40,) and plan.form == "steps" and plan.configs == 6
+    assert plan.cost() == 6 * 40 and "old budget form" in plan.describe()
+
+
+@pytest.mark.parametrize("budget, message", [
+    ({"total_steps": 100, "first_rung": 10, "eta": 1}, "eta: 1 must be at least 2"),
+    ({"total_steps": 10, "first_rung": 20}, "first_rung 20 is above total_steps 10"),
+    ({"total_steps": 100}, "first_rung: missing"),
+    ({"total_steps": 100, "first_rung": 10, "steps": 50}, "budget.steps belongs to the old one-rung form"),
+    ({"first_rung": 10, "eta": 3}, "need total_steps"),
+    ({"total_steps": 100, "first_rung": 10, "rungs": 3, "random_trees": 5}, "below the plan's cost"),
+    ({"total_steps": 100, "first_rung": 10, "etta": 3}, "did you mean 'eta'"),
+    ({"total_steps": -5, "first_rung": 10}, "non-negative integer"),
+])
+def test_bad_budgets_are_refused_with_one_line(tmp_path, budget, message):
+    path = write_campaign(tmp_path, budget={"random_trees": None, "steps": None, "eval_every": None, **budget})
+    raw = yaml.safe_load(path.read_text())
+    raw["budget"] = {k: v for k, v in raw["budget"].items() if v is not None}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(CampaignError, match=message) as info:
+        load_campaign(path)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------- the promotion rule
+def test_promotions_asynchronous_then_fill_when_the_rung_closes():
+    sizes = (4, 2, 1)
+    cs = [Contender(f"t{i}") for i in range(4)]
+    for c, v in zip(cs[:2], (0.5, 0.9)):
+        c.values[0] = v
+    # 2 of 4 finished rung 0: the best 2 * 2 // 4 = 1 goes on at once (asynchronous), the others wait
+    assert [(c.key, r) for c, r in promotions(cs, sizes, True, all_started=True)] == [("t1", 1)]
+    cs[1].target = 1
+    assert promotions(cs, sizes, True, all_started=True) == []
+    cs[2].values[0], cs[3].values[0] = 0.7, 0.1
+    # rung 0 is closed (all started, none training toward it): the best remaining fills the second slot
+    assert [(c.key, r) for c, r in promotions(cs, sizes, True, all_started=True)] == [("t2", 1)]
+    cs[2].target = 1
+    assert promotions(cs, sizes, True, all_started=True) == []  # rung 1's 2 slots are taken
+    cs[1].values[1], cs[2].values[1] = 0.95, 0.8
+    promoted = promotions(cs, sizes, True, all_started=True)
+    assert [(c.key, r) for c, r in promoted] == [("t1", 2)]  # minimising would pick t2
+    assert [c.key for c, _ in promotions(cs, sizes, False, all_started=True)] == ["t2"]
+    cs[1].target = 2
+    cs[1].values[2] = 0.97
+    cs[1].done = True
+    assert finished(cs, sizes, True, all_started=True)
+    assert not finished(cs, sizes, True, all_started=False)
+
+
+def test_slots_are_handed_out_in_proportion_to_the_reports():
+    """The top slot is not taken by the first of 5 trials to report at rung 1 (ASHA's m // eta would give it)."""
+    cs = [Contender(f"t{i}", {0: 0.5, 1: 0.1 * i}, target=1) for i in range(5)]
+    for c in cs[3:]:
+        del c.values[1]  # still training toward rung 1
+    assert promotions(cs, (15, 5, 1), True, all_started=True) == []  # 3 of 5 reported: 3 * 1 // 5 = 0
+    cs[3].values[1], cs[4].values[1] = 0.9, 0.05
+    assert [(c.key, r) for c, r in promotions(cs, (15, 5, 1), True, all_started=True)] == [("t3", 2)]
+
+
+def test_an_open_rung_waits_for_more_results():
+    cs = [Contender("a", {0: 0.9}), Contender("b", {0: 0.8}), Contender("c", target=0)]  # c still trains
+    # 2 results of 3 give 2 * 1 // 3 = 0 asynchronous promotions, and the rung is not closed while c trains
+    assert promotions(cs, (3, 1), True, all_started=True) == []
+    cs[2].values[0] = 0.1
+    assert [c.key for c, _ in promotions(cs, (3, 1), True, all_started=True)] == ["a"]
+
+
+# ---------------------------------------------------------------------- campaigns in rungs
+def history_steps(folder: Path) -> list[int]:
+    return [h["step"] for h in json.loads((folder / "history.json").read_text()) if "loss" in h]
+
+
+def check_rung_campaign(run_dir: Path, plan_sizes: tuple[int, ...], rung_steps: tuple[int, ...]) -> None:
+    trials = [t for t in trials_of(run_dir) if t.user_attrs.get("task")]
+    assert len(trials) == plan_sizes[0]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == plan_sizes[-1]
+    for rung, size in enumerate(plan_sizes):
+        reached = [t for t in trials if str(rung_steps[rung]) in t.user_attrs.get("rung_values", {})]
+        assert len(reached) == size, (rung, len(reached))
+    for t in trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs.get("fail_reason")
+        folder = Path(t.user_attrs["artifact_dir"])
+        steps = rung_steps[t.user_attrs["rung"]]
+        # continued rung by rung: every step trained once, in order, up to the rung it reached
+        assert history_steps(folder) == list(range(1, steps + 1))
+        assert t.user_attrs["steps_trained"] == steps
+        for s, value in t.user_attrs["rung_values"].items():
+            assert t.intermediate_values[int(s)] == pytest.approx(value)
+            assert (folder / "probs" / f"step{s}" / "validation.npz").is_file()
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["stopped_rung"] == t.user_attrs["rung"] < len(rung_steps) - 1
+            assert "not promoted past rung" in t.user_attrs["prune_reason"]
+        else:
+            assert t.value == pytest.approx(t.user_attrs["rung_values"][str(rung_steps[-1])])
+    manifest = json.loads((run_dir / "campaign.json").read_text())
+    assert manifest["budget"]["rung_steps"] == list(rung_steps) and manifest["budget"]["form"] == "rungs"
+
+
+def test_debug_campaign_promotes_from_checkpoints(tmp_path):
+    path = write_campaign(tmp_path, name="rungs", budget=RUNGS)
+    raw = yaml.safe_load(path.read_text())
+    raw["budget"] = RUNGS
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_campaign(path)
+    assert cfg.pruner["name"] == "none" and cfg.train_settings.schedule_steps == 8
+    run_dir = Campaign(cfg, tmp_path / "runs", progress=False).run()
+    check_rung_campaign(run_dir, (4, 2, 1), (2, 4, 8))
+    # run again: nothing left to do, nothing repeated
+    Campaign(load_campaign(path), tmp_path / "runs", progress=False).run()
+    check_rung_campaign(run_dir, (4, 2, 1), (2, 4, 8))
+
+
+def rung_campaign(tmp_path: Path, name: str, **budget) -> Path:
+    path = write_campaign(tmp_path, name=name, executor={"kind": "local", "workers": 2, "timeout_min": 10})
+    raw = yaml.safe_load(path.read_text())
+    raw["budget"] = {**RUNGS, **budget}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_local_two_workers_with_refinement_in_the_rungs(tmp_path):
+    path = rung_campaign(tmp_path, "rungs2", total_steps=40, random_trees=3, refine_top=1, refine_trials=3)
+    run_dir = Campaign(load_campaign(path), tmp_path / "runs", progress=False).run()
+    check_rung_campaign(run_dir, (6, 3, 1), (2, 4, 8))
+    trials = trials_of(run_dir)
+    refine = [t for t in trials if t.user_attrs.get("phase") == "refine"]
+    assert len(refine) == 3 and len({t.user_attrs["parent_tree_id"] for t in refine}) == 1
+
+
+def test_driver_kill_9_during_promotions_then_resume(tmp_path):
+    """kill -9 of the driver once a trial has been promoted; the resumed campaign loses and repeats nothing."""
+    path = rung_campaign(tmp_path, "killrungs", total_steps=40, random_trees=6, first_rung=2, eta=2, rungs=3)
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "arborseg.cli", "-q", "search", str(path), "--runs-dir", str(runs)]
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    run_dir = runs / "killrungs"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.3)
+        if (run_dir / "campaign.json").exists() and any(
+                t.user_attrs.get("job_rung", 0) >= 1 for t in trials_of(run_dir)):
+            break
+    else:
+        driver.kill()
+        pytest.fail("the campaign never promoted a trial")
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(10)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    check_rung_campaign(run_dir, (6, 3, 1), (2, 4, 8))
