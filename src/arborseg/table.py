@@ -10,8 +10,15 @@ column                         meaning
 ``study``, ``phase``           the Optuna study (``<campaign>.random``, ``<campaign>.refine.<tree id>``),
                                ``random`` or ``refine``
 ``trial``, ``trial_id``        Optuna's number within the study; the storage-wide id (= trial folder)
-``task``, ``state``, ``value``  driver task, COMPLETE / PRUNED / FAIL / RUNNING, the objective on validation
-                               (for PRUNED trials: the last reported value)
+``task``, ``state``, ``value``  driver task, COMPLETE / PRUNED / FAIL / RUNNING / PAUSED, the objective on
+                               validation (for PRUNED and PAUSED trials: the last reported value, or that of
+                               the last rung finished). PAUSED is a trial Optuna holds as RUNNING that waits
+                               between two rungs for its promotion (user attribute ``paused``)
+``rung``, ``steps_trained``    the highest rung the trial finished (0 = the first; a COMPLETE trial of an old
+                               one-rung campaign: 0) and the train steps it has had so far
+``value@<steps>``              the objective on validation at the end of each rung it finished, by the rung's
+                               cumulative steps (``value@40``, ``value@120``, ...); :func:`rank_correlations`
+                               compares them across rungs
 ``tree_name``, ``tree_id``     the trained tree
 ``base_tree_id/name``          the tree a refinement started from (= the tree itself in phase A):
                                ``--group-by tree`` groups on it
@@ -47,8 +54,9 @@ Campaign folders may be moved or copied: a storage file and trial folders that a
 campaign recorded them are looked for in the campaign folder itself.
 
 Besides :func:`run_table`, this module filters (:func:`filter_table`), sorts (:func:`sort_table`),
-groups (:func:`group_table`), summarises campaigns (:func:`campaign_summary`), formats
-(:func:`format_table`) and writes (:func:`write_table`) tables.
+groups (:func:`group_table`), summarises campaigns (:func:`campaign_summary`, :func:`campaign_status`),
+ranks across rungs (:func:`rank_correlations`), formats (:func:`format_table`) and writes
+(:func:`write_table`) tables.
 """
 
 from __future__ import annotations
@@ -68,13 +76,14 @@ import pandas as pd
 from arborseg.errors import CampaignError
 from arborseg.runs import RunFolder, TrialFolder, find_run_dirs, load_tree
 
-BASE_COLUMNS = ["campaign", "study", "phase", "trial", "trial_id", "task", "state", "value", "tree_name", "tree_id",
-                "base_tree_name", "base_tree_id", "family", "depth", "width", "window_z", "params",
-                "flops_per_voxel", "steps", "train_seconds", "seed", "attempt", "last_step", "duration_s", "started",
-                "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
+BASE_COLUMNS = ["campaign", "study", "phase", "trial", "trial_id", "task", "state", "value", "rung", "steps_trained",
+                "tree_name", "tree_id", "base_tree_name", "base_tree_id", "family", "depth", "width", "window_z",
+                "params", "flops_per_voxel", "steps", "train_seconds", "seed", "attempt", "last_step", "duration_s",
+                "started", "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
 TAIL_COLUMNS = ["duration_s", "started", "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
 REGIONS = ("validation", "eval_near", "eval_far")
-STATE_ORDER = {"COMPLETE": 0, "ENSEMBLE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+STATE_ORDER = {"COMPLETE": 0, "ENSEMBLE": 0, "PRUNED": 1, "PAUSED": 2, "RUNNING": 3, "WAITING": 4, "FAIL": 5}
+RUNG_PREFIX = "value@"  # value@<steps>: the objective at the end of the rung of <steps> cumulative steps
 TABLE_FORMATS = ("terminal", "csv", "md", "html", "parquet", "json")
 _NAME_RE = re.compile(r"-d(?P<depth>\d+)w(?P<width>\d+)z(?P<z>\d+)-")
 
@@ -167,10 +176,23 @@ def trial_row(campaign: str, study: str, trial, folder: RunFolder | None = None)
         artifact_dir = folder.locate(artifact_dir)
         tree_file = folder.locate(tree_file)
     steps_seen = sorted(trial.intermediate_values)
+    state = trial.state.name
+    if state == "RUNNING" and attrs.get("paused"):
+        state = "PAUSED"
+    rung_values = _rung_values(attrs.get("rung_values"))
+    rung = attrs.get("rung", attrs.get("stopped_rung"))
+    if rung is None and state == "COMPLETE" and not rung_values:
+        rung = 0  # an old campaign: one rung of budget["steps"]
+    steps_trained = attrs.get("steps_trained")
+    if steps_trained is None and state == "COMPLETE":
+        steps_trained = attrs.get("steps")
+    value = trial.value
+    if value is None and rung_values and state != "FAIL":
+        value = rung_values[max(rung_values)]
     row: dict[str, Any] = {
         "campaign": campaign, "study": study, "phase": attrs.get("phase") or _phase_of(study), "trial": trial.number,
-        "trial_id": trial._trial_id, "task": attrs.get("task"), "state": trial.state.name,
-        "value": trial.value if trial.value is not None else math.nan,
+        "trial_id": trial._trial_id, "task": attrs.get("task"), "state": state,
+        "value": value if value is not None else math.nan, "rung": rung, "steps_trained": steps_trained,
         "tree_name": attrs.get("tree_name"), "tree_id": attrs.get("tree_id"),
         "base_tree_id": attrs.get("parent_tree_id") or attrs.get("tree_id"), "family": attrs.get("family"),
         "params": attrs.get("params"), "flops_per_voxel": attrs.get("flops_per_voxel"), "steps": attrs.get("steps"),
@@ -187,17 +209,46 @@ def trial_row(campaign: str, study: str, trial, folder: RunFolder | None = None)
         if m:
             tree_cols.update(depth=int(m["depth"]), width=int(m["width"]), window_z=int(m["z"]))
     row.update(tree_cols)
-    for path, value in trial.params.items():
+    row.update({f"{RUNG_PREFIX}{steps}": v for steps, v in sorted(rung_values.items())})
+    for path, param in trial.params.items():
         if _is_refinable(path, structural, study):
-            row[f"param.{path}"] = value
+            row[f"param.{path}"] = param
     metrics = attrs.get("metrics")
-    if metrics is None and artifact_dir and trial.state.name == "COMPLETE":
+    if metrics is None and artifact_dir and (state == "COMPLETE" or rung_values):
         record = TrialFolder(Path(artifact_dir)).read_metrics()
         metrics = record.get("regions") if record is not None else None
     for region, scores in (metrics or {}).items():
         if isinstance(scores, dict):
             row.update({f"{region}.{key}": value for key, value in scores.items()})
     return row
+
+
+def _rung_values(raw: Any) -> dict[int, float]:
+    """The ``rung_values`` attribute (``{"40": 0.61, "120": 0.70}``) as {steps: value}; bad entries left out."""
+    out: dict[int, float] = {}
+    if not isinstance(raw, dict):
+        return out
+    for steps, value in raw.items():
+        try:
+            out[int(steps)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def rung_steps_of(budget: dict[str, Any] | None) -> list[int]:
+    """The cumulative train steps at the end of each rung: ``budget["rung_steps"]``, or one rung of
+    ``budget["steps"]`` for a budget of old (none without either)."""
+    budget = budget or {}
+    if isinstance(budget.get("rung_steps"), list) and budget["rung_steps"]:
+        return [int(s) for s in budget["rung_steps"]]
+    return [int(budget["steps"])] if isinstance(budget.get("steps"), int) else []
+
+
+def rung_columns(columns) -> list[str]:
+    """The ``value@<steps>`` columns, by steps."""
+    found = [str(c) for c in columns if str(c).startswith(RUNG_PREFIX) and str(c)[len(RUNG_PREFIX):].isdigit()]
+    return sorted(found, key=lambda c: int(c[len(RUNG_PREFIX):]))
 
 
 def _phase_of(study: str) -> str | None:
@@ -226,9 +277,13 @@ def _metric_sort_key(col: str) -> tuple:
 
 
 def order_columns(columns: list[str]) -> list[str]:
-    """Base columns, then hyperparameters, then metrics by region, then bookkeeping columns."""
+    """Base columns (the rung values after ``steps_trained``), then hyperparameters, then metrics by region,
+    then bookkeeping columns."""
     cols = list(columns)
     head = [c for c in BASE_COLUMNS if c in cols and c not in TAIL_COLUMNS]
+    rungs = rung_columns(cols)
+    at = head.index("steps_trained") + 1 if "steps_trained" in head else len(head)
+    head = head[:at] + rungs + head[at:]
     tail = [c for c in TAIL_COLUMNS if c in cols]
     params = sorted(c for c in cols if c.startswith("param."))
     hps = sorted(c for c in cols if c.startswith("hp."))
@@ -336,7 +391,7 @@ def filter_table(table: pd.DataFrame, where: str | None) -> pd.DataFrame:
 def sort_table(table: pd.DataFrame, by: str | list[str] | None = None, ascending: bool | None = None,
                direction: str | None = None) -> pd.DataFrame:
     """Sort by column(s) ``by`` (NaN last), descending unless ``ascending``. Without ``by``: best first
-    (COMPLETE trials by the objective in the campaign's direction, then PRUNED, RUNNING, FAIL)."""
+    (COMPLETE trials by the objective in the campaign's direction, then PRUNED, PAUSED, RUNNING, FAIL)."""
     if table.empty:
         return table
     attrs = dict(table.attrs)
@@ -429,6 +484,7 @@ def campaign_summary(table: pd.DataFrame) -> pd.DataFrame:
             "trials": len(group), "complete": len(done),
             "pruned": int((group["state"] == "PRUNED").sum()) if len(group) else 0,
             "failed": int((group["state"] == "FAIL").sum()) if len(group) else 0,
+            "paused": int((group["state"] == "PAUSED").sum()) if len(group) else 0,
             "running": int((group["state"] == "RUNNING").sum()) if len(group) else 0,
             "trees": int(group["base_tree_id"].nunique()) if len(group) else 0,
             "nets": int(done["tree_id"].nunique()) if len(done) else 0,
@@ -479,7 +535,7 @@ def top_rows(table: pd.DataFrame, top: int | None) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- output
-SHOWN = ["trial_id", "phase", "state", "value", "tree_name", "family", "params", "eval_near.fg_iou",
+SHOWN = ["trial_id", "phase", "state", "value", "rung", "steps_trained", "tree_name", "family", "params", "eval_near.fg_iou",
          "eval_far.fg_iou", "eval_near.fn_401", "eval_far.fn_401", "train_seconds", "reason",
          "members", "val_gain", "val_gain_ci", "inference_gflops"]  # the last four: only ensemble rows have them
 GROUP_SHOWN = ["campaign", "base_tree_name", "family", "trees", "trials", "complete", "pruned", "failed", "value.mean",
@@ -530,7 +586,7 @@ def format_table(table: pd.DataFrame, top: int | None = 10, objective: str | Non
         if table.attrs["grouped"] == "family":
             cols = [c for c in cols if c not in ("base_tree_name",)]
     else:
-        cols = [c for c in SHOWN if c in view.columns]
+        cols = [c for c in SHOWN if c in view.columns and (c not in ("rung", "steps_trained") or view[c].notna().any())]
         if "campaign" in view and several:
             cols = ["campaign"] + cols
     if objective and "value" in cols:
@@ -600,26 +656,139 @@ def write_table(table: pd.DataFrame, out: str | None, fmt: str | None) -> str:
     return text
 
 
+# ---------------------------------------------------------------------------------------------- rungs
+RANK_COLUMNS = ["campaign", "rung", "steps", "reached", "next_steps", "n_next", "spearman_next", "top_steps", "n_top",
+                "spearman_top"]
+MIN_RANKED = 3  # fewer trials than this in both rungs: no correlation (NaN), the count is still shown
+
+
+def _spearman(x: pd.Series, y: pd.Series) -> tuple[int, float]:
+    """(n, Spearman's rank correlation) over the rows where both are known; NaN when n < 3 or one is constant."""
+    both = x.notna() & y.notna()
+    n = int(both.sum())
+    if n < MIN_RANKED or x[both].nunique() < 2 or y[both].nunique() < 2:
+        return n, math.nan
+    return n, float(x[both].astype(float).corr(y[both].astype(float), method="spearman"))
+
+
+def campaign_rungs(table: pd.DataFrame, campaign: str) -> list[int]:
+    """The rung steps of ``campaign``: from its budget (``rung_steps``, or one rung of ``steps``), else from
+    the ``value@<steps>`` columns its trials filled."""
+    steps = rung_steps_of(campaign_infos(table).get(campaign, {}).get("budget"))
+    if steps:
+        return steps
+    group = table[table["campaign"] == campaign] if "campaign" in table else table
+    return [int(c[len(RUNG_PREFIX):]) for c in rung_columns(group.columns) if group[c].notna().any()]
+
+
+def rank_correlations(table: pd.DataFrame) -> pd.DataFrame:
+    """Is the cheap ranking trustworthy? For every campaign and every rung below its top one: how many trials
+    reached it, and Spearman's rank correlation of their values at that rung with their values at the next
+    rung (``n_next`` trials reached both) and at the top rung (``n_top``). NaN below 3 trials (n shown).
+    Campaigns of one rung give no rows."""
+    rows = []
+    campaigns = list(campaign_infos(table)) or (list(dict.fromkeys(table["campaign"])) if "campaign" in table else [])
+    for label in campaigns:
+        group = table[table["campaign"] == label] if not table.empty else table
+        if "state" in group:
+            group = group[group["state"] != "ENSEMBLE"]
+        steps = campaign_rungs(table, label)
+        if len(steps) < 2:
+            continue
+
+        def values(s: int, group: pd.DataFrame = group) -> pd.Series:
+            col = f"{RUNG_PREFIX}{s}"
+            return group[col] if col in group else pd.Series(math.nan, index=group.index)
+
+        top = values(steps[-1])
+        for i, s in enumerate(steps[:-1]):
+            here = values(s)
+            n_next, rho_next = _spearman(here, values(steps[i + 1]))
+            n_top, rho_top = _spearman(here, top)
+            rows.append({"campaign": label, "rung": i, "steps": s, "reached": int(here.notna().sum()),
+                         "next_steps": steps[i + 1], "n_next": n_next, "spearman_next": rho_next,
+                         "top_steps": steps[-1], "n_top": n_top, "spearman_top": rho_top})
+    out = pd.DataFrame(rows, columns=RANK_COLUMNS)
+    out.attrs = dict(table.attrs)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- status
+def planned_configurations(manifest: dict[str, Any]) -> int:
+    """Configurations the campaign plans to train: the plan's ``planned_trials`` where the manifest records it,
+    else portfolio trees + random trees + refinements."""
+    budget = manifest.get("budget") or {}
+    if isinstance(budget.get("planned_trials"), int):
+        return int(budget["planned_trials"])
+    portfolio = manifest.get("portfolio") or []
+
+    def count(key: str) -> int:
+        return int(budget.get(key) or 0)
+
+    return (len(portfolio) if isinstance(portfolio, list) else 0) + count("random_trees") \
+        + count("refine_top") * count("refine_trials")
+
+
+def rung_lines(table: pd.DataFrame, steps: list[int]) -> list[str]:
+    """One line per rung: trials that reached it, train towards it, wait at it (paused), went on from it
+    (promoted) or stopped at it (pruned); the top rung counts the complete ones."""
+    if table.empty or not steps:
+        return []
+    rung, state = pd.to_numeric(table["rung"], errors="coerce"), table["state"]
+    lines = []
+    for i, s in enumerate(steps):
+        top = i == len(steps) - 1
+        counts = {"reached": int((rung >= i).sum()),
+                  "running": int(((state == "RUNNING") & ((rung == i - 1) if i else rung.isna())).sum()),
+                  "paused": int(((state == "PAUSED") & (rung == i)).sum())}
+        if top:
+            counts["complete"] = int(((state == "COMPLETE") & (rung >= i)).sum())
+        else:
+            counts["promoted"] = int(((rung > i) | ((state == "RUNNING") & (rung == i))).sum())
+            counts["stopped"] = int(((state == "PRUNED") & (rung == i)).sum())
+        shown = ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "reached")
+        lines.append(f"rung {i} ({s:,} steps{', top' if top else ''}): {shown}")
+    return lines
+
+
 def campaign_status(run_dir: str | Path) -> str:
-    """Trials by state, the best so far, and what is running."""
+    """Trials by state, the budget and each rung (reached, running, paused, promoted, stopped), the best so
+    far, and what is running, paused or failed."""
     run = read_run(run_dir)
     manifest = run.manifest
     table = run_table([], campaigns=[run])
-    budget = manifest.get("budget", {})
-    planned = budget.get("random_trees", 0) + budget.get("refine_top", 0) * budget.get("refine_trials", 0)
+    budget = manifest.get("budget") or {}
     counts = table["state"].value_counts().to_dict() if not table.empty else {}
-    lines = [f"campaign {manifest['name']}: {len(table)} trials ({planned} tasks planned); "
-             + ", ".join(f"{s.lower()} {counts.get(s, 0)}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING"))]
+    names = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "PAUSED": "paused", "RUNNING": "running"}
+    lines = [f"campaign {manifest['name']}: {len(table)} trials ({planned_configurations(manifest)} configurations "
+             "planned); " + ", ".join(f"{word} {counts.get(s, 0)}" for s, word in names.items())]
+    steps = rung_steps_of(budget)
+    if "rung_steps" in budget:
+        trained = int(pd.to_numeric(table["steps_trained"], errors="coerce").fillna(0).sum()) if len(table) else 0
+        plan = f"rungs at {', '.join(f'{s:,}' for s in steps)} steps (eta {budget.get('eta', '?')})" \
+            if len(steps) > 1 else f"one rung of {steps[0]:,} steps"
+        of = [f"{budget[k]:,} {what}" for k, what in (("planned_steps", "planned"), ("total_steps", "budget"))
+              if isinstance(budget.get(k), int)]
+        lines.append(f"budget: {plan}; {trained:,} train steps so far" + (f" ({', '.join(of)})" if of else ""))
+    lines += rung_lines(table, steps)
     done = table[table["state"] == "COMPLETE"] if not table.empty else table
+    objective = manifest.get("objective", "value")
     if len(done):
         maximize = manifest.get("direction", "maximize") == "maximize"
         best = done.sort_values("value", ascending=not maximize).iloc[0]
         lines.append(f"best: trial {best['trial_id']} {best['tree_name']} ({best['family']}) "
-                     f"{manifest['objective']}={best['value']:.4f}")
+                     f"{objective}={best['value']:.4f}")
+
+    def at(i: Any) -> str:
+        return f"rung {int(i)} ({steps[int(i)]:,} steps)" if pd.notna(i) and 0 <= int(i) < len(steps) else "?"
+
+    for _, row in (table[table["state"] == "PAUSED"] if not table.empty else table).iterrows():
+        lines.append(f"paused: trial {row['trial_id']} {row['task']} {row['tree_name']} after {at(row['rung'])}, "
+                     f"{objective}={row['value']:.4f}, waiting for promotion")
     for _, row in (table[table["state"] == "RUNNING"] if not table.empty else table).iterrows():
-        lines.append(f"running: trial {row['trial_id']} {row['task']} {row['tree_name']} "
-                     f"(artifacts {row['artifact_dir']})")
+        toward = at(row["rung"] + 1 if pd.notna(row["rung"]) else 0) if len(steps) > 1 else ""
+        lines.append(f"running: trial {row['trial_id']} {row['task']} {row['tree_name']}"
+                     f"{' toward ' + toward if toward else ''} (artifacts {row['artifact_dir']})")
     for _, row in (table[table["state"] == "FAIL"] if not table.empty else table).iterrows():
         lines.append(f"failed: trial {row['trial_id']} {row['task']}: {row['fail_reason']}")
     return "\n".join(lines)

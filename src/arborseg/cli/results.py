@@ -8,7 +8,7 @@ from arborseg.cli.options import require_positive
 
 # kept here (not imported from table/plots) so that building the parser does not import pandas
 TABLE_FORMATS = ("terminal", "csv", "md", "html", "parquet", "json")
-PLOT_NAMES = ("history", "pareto", "fn_curves", "importance", "near_far")
+PLOT_NAMES = ("history", "pareto", "fn_curves", "importance", "near_far", "rungs")
 WHERE_HELP = ("keep rows where this pandas query holds, e.g. \"state == 'COMPLETE' and params < 1e6\"; dotted "
               "column names may be bare or in backticks: \"`eval_far.fn_401` < 1\" (applied before --group-by)")
 

@@ -1,8 +1,11 @@
 """``arborseg ensemble RUN_DIR`` (the default): an ensemble of trials already trained, with no training at all.
 
-Candidates are the campaign's COMPLETE trials whose folders hold the probabilities the trainer scored them
-from (``probs/<region>.npz``, :meth:`arborseg.runs.TrialFolder.read_probs`): all of them, or the best
-``--candidates N`` by the campaign objective. Members are chosen on validation by Caruana's forward
+Candidates are the campaign's trained trials whose folders hold the probabilities the trainer scored them
+from (``probs/<region>.npz``, :meth:`arborseg.runs.TrialFolder.read_probs`): the COMPLETE trials and, in a
+campaign of rungs (successive halving), the PRUNED ones that finished at least one rung (their folders hold
+the model and probabilities of the last rung they finished; trials paused between rungs are not candidates,
+they may still be continued). All of them, or the best ``--candidates N`` by the objective on validation
+(a stopped trial's value is that of its last rung). Members are chosen on validation by Caruana's forward
 selection with replacement started from the ``--init K`` best (:mod:`.greedy`), for each fusion rule; the
 best rule on validation is kept; the ensemble and every candidate are scored on every region, with the gain
 over the best single trial and its bootstrap interval (:mod:`.bootstrap`). Nothing is trained or predicted:
@@ -52,15 +55,17 @@ def member_label(trial_id: int) -> str:
 
 
 def candidate_trials(ctx: CampaignContext, regions: list[str], limit: int | None = None) -> list[MemberSpec]:
-    """The COMPLETE trials with a tree, a model and stored probabilities of every region in ``regions``, best
-    first by the campaign objective (the best ``limit`` when given). Trials without probabilities (trained
-    by an older arborseg) are left out with one log line."""
+    """The trained trials (COMPLETE, and PRUNED ones that finished a rung) with a tree, a model and stored
+    probabilities of every region in ``regions``, best first by the objective on validation (the best
+    ``limit`` when given). Trials without probabilities (trained by an older arborseg) are left out with one
+    log line."""
     from arborseg.table import read_run, run_table
 
     table = run_table([], campaigns=[read_run(ctx.run_dir)])
     if table.empty or "state" not in table:
         raise CampaignError(f"{ctx.run_dir}: the campaign has no trials yet; run `arborseg search` first")
-    done = table[(table["state"] == "COMPLETE") & table["value"].notna()]
+    stopped = (table["state"] == "PRUNED") & table["rung"].notna() if "rung" in table else False
+    done = table[((table["state"] == "COMPLETE") | stopped) & table["value"].notna()]
     done = done.sort_values(["value", "trial_id"], ascending=[ctx.direction != "maximize", True], kind="stable")
     out: list[MemberSpec] = []
     without: list[int] = []
@@ -79,10 +84,10 @@ def candidate_trials(ctx: CampaignContext, regions: list[str], limit: int | None
         if limit is not None and len(out) == limit:
             break
     if without:
-        log.info("%d complete trial(s) have no stored probabilities of %s (trained by an older arborseg) and are "
+        log.info("%d trained trial(s) have no stored probabilities of %s (trained by an older arborseg) and are "
                  "not candidates: %s", len(without), ", ".join(regions), ", ".join(map(str, without[:10])))
     if not out:
-        raise CampaignError(f"{ctx.run_dir}: no COMPLETE trial with stored probabilities (probs/*.npz) to choose "
+        raise CampaignError(f"{ctx.run_dir}: no trained trial with stored probabilities (probs/*.npz) to choose "
                             "from; train the campaign with this arborseg version, or pass --train to train members")
     return out
 

@@ -10,6 +10,8 @@ and returns the files written. Families have the same colour and marker in every
 * :func:`plot_fn_curves`   FN-n and FP-n against n for the top trees, eval-near and eval-far
 * :func:`plot_importance`  hyperparameter importance (Optuna's evaluators), a note when there are too few trials
 * :func:`plot_near_far`    eval-near against eval-far (objective metric and FN-401) with the diagonal
+* :func:`plot_rungs`       successive halving: each trial's objective at every rung it finished against its
+                           train steps, the top rung's survivors highlighted, one panel per campaign
 * :func:`make_plots`       all of them into a folder
 """
 
@@ -27,7 +29,14 @@ import pandas as pd
 
 from arborseg.log import get_logger
 from arborseg.metrics import minimise
-from arborseg.table import campaign_infos, table_direction, table_objective
+from arborseg.table import (
+    RUNG_PREFIX,
+    campaign_infos,
+    campaign_rungs,
+    rank_correlations,
+    table_direction,
+    table_objective,
+)
 
 log = get_logger(__name__)
 
@@ -39,7 +48,7 @@ FAMILY_MARKERS = {"2d": "o", "thin3d": "s", "3d": "^", "hybrid": "P"}
 OTHER_COLOUR = "#7f7f7f"
 FAIL_COLOUR = "#d62728"
 BEST_COLOUR = "#222222"
-PLOT_NAMES = ("history", "pareto", "fn_curves", "importance", "near_far")
+PLOT_NAMES = ("history", "pareto", "fn_curves", "importance", "near_far", "rungs")
 LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
 
 
@@ -532,6 +541,84 @@ def plot_near_far(table: pd.DataFrame, path: str | Path, formats: Iterable[str] 
     return _save(fig, path, formats)
 
 
+# ---------------------------------------------------------------------------------------------- rungs
+STOPPED_COLOUR = "#a0a0a0"
+WAITING_COLOUR = "#6baed6"
+
+
+def plot_rungs(table: pd.DataFrame, path: str | Path, formats: Iterable[str] | None = None) -> list[Path]:
+    """The picture of successive halving: for each campaign of more than one rung, every trial's objective on
+    validation at the end of each rung it finished against the train steps (one line per trial); the trials
+    that reached the top rung in their family's colour, those stopped below it grey (a cross where they
+    stopped), paused and running ones dashed blue, failed ones red. Spearman's rank correlation of the first
+    rung with the top one is in each panel's title."""
+    from matplotlib.lines import Line2D
+
+    trials = table[table["state"] != "ENSEMBLE"] if "state" in table else table
+    campaigns = [c for c in (dict.fromkeys(trials["campaign"]) if not trials.empty else [])
+                 if len(campaign_rungs(table, c)) > 1]
+    fig, axes = _grid(len(campaigns), width=7.0, height=4.4, max_cols=2)
+    if not campaigns:
+        _empty(axes[0], "no campaign trained more than one rung: nothing to compare across rungs")
+    ranks = rank_correlations(table) if campaigns else pd.DataFrame()
+    infos = campaign_infos(table)
+    families: set = set()
+    extra: dict[str, Any] = {}
+    for ax, name in zip(axes, campaigns):
+        steps = campaign_rungs(table, name)
+        rows = trials[trials["campaign"] == name]
+        cols = [f"{RUNG_PREFIX}{s}" for s in steps]
+        survivors = 0
+        for _, row in rows.iterrows():
+            points = [(s, float(row[c])) for s, c in zip(steps, cols) if c in row.index and pd.notna(row[c])]
+            if not points:
+                continue
+            xs, ys = zip(*points)
+            state = row["state"]
+            if xs[-1] == steps[-1]:
+                survivors += 1
+                style = family_style(row["family"])
+                families.add(row["family"])
+                ax.plot(xs, ys, color=style["color"], lw=2.0, marker=style["marker"], ms=6, zorder=4,
+                        markeredgecolor="white", markeredgewidth=0.5)
+            elif state == "FAIL":
+                extra["failed"] = Line2D([], [], color=FAIL_COLOUR, lw=1, marker="x", label="failed")
+                ax.plot(xs, ys, color=FAIL_COLOUR, lw=0.9, alpha=0.8, zorder=2)
+                ax.plot(xs[-1], ys[-1], color=FAIL_COLOUR, marker="x", ms=6, zorder=3, linestyle="none")
+            elif state in ("PAUSED", "RUNNING"):
+                extra["waiting"] = Line2D([], [], color=WAITING_COLOUR, lw=1.2, ls="--", marker="o",
+                                          markerfacecolor="none", label="paused or running")
+                ax.plot(xs, ys, color=WAITING_COLOUR, lw=1.2, ls="--", marker="o", ms=5, markerfacecolor="none",
+                        zorder=3)
+            else:
+                extra["stopped"] = Line2D([], [], color=STOPPED_COLOUR, lw=1, marker="x", label="stopped below top")
+                ax.plot(xs, ys, color=STOPPED_COLOUR, lw=0.9, marker="o", ms=3, zorder=2)
+                ax.plot(xs[-1], ys[-1], color=STOPPED_COLOUR, marker="x", ms=6, zorder=2, linestyle="none")
+        for i, s in enumerate(steps):
+            ax.axvline(s, color="#cccccc", ls=":", lw=1, zorder=1)
+            ax.text(s, 1.0, f" rung {i}", transform=ax.get_xaxis_transform(), va="bottom", ha="center",
+                    fontsize=8, color="#666666")
+        ax.set_xscale("log")
+        ax.set_xticks(steps)
+        ax.set_xticklabels([f"{s:,}" for s in steps])
+        ax.minorticks_off()
+        ax.set_xlim(steps[0] / 1.3, steps[-1] * 1.3)
+        first = ranks[(ranks["campaign"] == name) & (ranks["rung"] == 0)] if not ranks.empty else ranks
+        rho = ""
+        if len(first):
+            r = first.iloc[0]
+            rho = f"; ρ(rung 0, top) = {r['spearman_top']:.2f} (n={int(r['n_top'])})" \
+                if pd.notna(r["spearman_top"]) else f"; ρ(rung 0, top): n={int(r['n_top'])}, too few"
+        ax.set_title(f"{name}: {int(rows[cols[0]].notna().sum()) if cols[0] in rows else 0} trials, {survivors} "
+                     f"reached the top rung{rho}", fontsize=10, pad=14)
+        ax.set_xlabel("train steps (cumulative, log scale)")
+        ax.set_ylabel(f"validation {infos.get(name, {}).get('objective', 'objective')}")
+        ax.grid(alpha=0.25, axis="y")
+    handles = _family_handles(families) + [extra[k] for k in ("stopped", "waiting", "failed") if k in extra]
+    _finish(fig, handles, "Successive halving: the objective at each rung")
+    return _save(fig, path, formats)
+
+
 def _headline_fn(done: pd.DataFrame) -> str:
     """fn_401 (the seed work's headline), or the largest n whose FN-n still differs between trials."""
     ns = sorted(set(_ns(done, "eval_near", "fn")) & set(_ns(done, "eval_far", "fn")), reverse=True)
@@ -570,4 +657,6 @@ def make_plots(table: pd.DataFrame, out_dir: str | Path, campaigns: list | None 
         out["importance"] = plot_importance(campaigns, out_dir / "importance", formats, evaluator=evaluator)
     if "near_far" in which:
         out["near_far"] = plot_near_far(table, out_dir / "near_far", formats)
+    if "rungs" in which:
+        out["rungs"] = plot_rungs(table, out_dir / "rungs", formats)
     return out

@@ -3,9 +3,11 @@
 ``build_report(run_dirs, out_dir)`` writes ``out_dir/index.html`` and beside it every file the page shows,
 all by relative paths (no network, no CDN: the folder can be zipped, mailed or served as it is)::
 
-    index.html        summary, best trees, plots, the run table (click a heading to sort)
-    runs.csv          the full run table (every column)
-    plots/*.png|svg   optimisation history, score vs size (Pareto), FN-n curves, importance, near vs far
+    index.html        summary, best trees, plots, ranking across rungs, ensembles, the run table (click a
+                      heading to sort)
+    runs.csv          the full run table (every column; ensembles as rows of state ENSEMBLE)
+    plots/*.png|svg   optimisation history, score vs size (Pareto), FN-n curves, importance, near vs far,
+                      the objective at each rung of successive halving
     trees/*.png       pictures of the best trees (from their tree.yaml)
     trials/<slug>/    error overlays and learning curves copied from the best trials' folders
 
@@ -31,6 +33,7 @@ from arborseg.table import (
     campaign_summary,
     filter_table,
     group_table,
+    rank_correlations,
     read_runs,
     run_table,
     sort_table,
@@ -39,10 +42,17 @@ from arborseg.table import (
 
 log = get_logger(__name__)
 
-TABLE_COLUMNS = ["campaign", "trial_id", "phase", "state", "value", "tree_name", "family", "depth", "width", "params",
-                 "flops_per_voxel", "eval_near.fg_iou", "eval_far.fg_iou", "eval_near.miou", "eval_far.miou",
-                 "eval_near.fn_401", "eval_far.fn_401", "eval_far.fp_401", "train_seconds", "seed", "reason"]
-SUMMARY_COLUMNS = ["campaign", "objective", "direction", "trials", "complete", "pruned", "failed", "running", "trees",
+TABLE_COLUMNS = ["campaign", "trial_id", "phase", "state", "value", "rung", "steps_trained", "tree_name", "family",
+                 "depth", "width", "params", "flops_per_voxel", "eval_near.fg_iou", "eval_far.fg_iou", "eval_near.miou",
+                 "eval_far.miou", "eval_near.fn_401", "eval_far.fn_401", "eval_far.fp_401", "train_seconds", "seed",
+                 "members", "val_gain", "val_gain_ci", "inference_gflops", "reason"]
+ENSEMBLE_COLUMNS = ["campaign", "tree_name", "family", "value", "members", "val_gain", "val_gain_ci",
+                    "inference_gflops", "params", "eval_near.fg_iou", "eval_far.fg_iou", "eval_near.fn_401",
+                    "eval_far.fn_401"]
+RANK_HEADINGS = {"n_next": "n (both)", "spearman_next": "Spearman vs next", "top_steps": "top steps",
+                 "n_top": "n (with top)", "spearman_top": "Spearman vs top", "next_steps": "next steps"}
+SUMMARY_COLUMNS = ["campaign", "objective", "direction", "trials", "complete", "pruned", "failed", "paused", "running",
+                   "trees",
                    "nets", "max", "mean", "best", "best_trial", "best_tree", "best_family", "best.eval_near.fg_iou",
                    "best.eval_far.fg_iou", "best.eval_near.fn_401", "best.eval_far.fn_401", "train_hours"]
 PLOT_CAPTIONS = {
@@ -56,10 +66,13 @@ PLOT_CAPTIONS = {
                   "evaluators over the completed trials).",
     "near_far": "Each completed trial scored on the eval region next to the training data (near) and far from it. "
                 "Points off the diagonal generalise unevenly.",
+    "rungs": "Successive halving: each line is one trial through its objective on validation at the end of every "
+             "rung it finished. Trials that reached the top rung are in their family's colour; grey lines stopped "
+             "below it (a cross where), dashed blue ones are paused or running.",
 }
 PLOT_TITLES = {"history": "Optimisation history", "pareto": "Score against size (Pareto front)",
                "fn_curves": "Errors by component size (FN-n, FP-n)", "importance": "Hyperparameter importance",
-               "near_far": "eval-near against eval-far"}
+               "near_far": "eval-near against eval-far", "rungs": "The objective at each rung"}
 
 CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --bg2: #f6f8fa; --accent: #2b7bba; }
@@ -84,7 +97,8 @@ table.runs th { position: sticky; top: 0; background: var(--bg2); cursor: pointe
 table.runs th.num, table.runs td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.runs tr.fail td { background: #fff0f0; }
 table.runs tr.pruned td { color: #6e7781; }
-table.runs tr.running td { background: #fffbe6; }
+table.runs tr.running td, table.runs tr.paused td { background: #fffbe6; }
+table.runs tr.ensemble td { background: #f0f7ee; }
 table.runs tbody tr:hover td { background: #eef6fc; }
 .plots { display: grid; grid-template-columns: 1fr; gap: 24px; max-width: 1200px; }
 figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 12px; background: #fff; }
@@ -270,7 +284,26 @@ def _tree_card(rank: int, row: pd.Series, out: Path, objective: str | None) -> s
             f'<div class="pics">{"".join(pics)}</div></div></div>')
 
 
-def _headline(summary: pd.DataFrame) -> str:
+def _ensemble_headline(ensembles: pd.DataFrame, campaign: str, maximize: bool) -> str:
+    """`` and ensemble <name> <value> (gain +x [lo, hi] over the best single trial, n members, g GFLOPs)``."""
+    rows = ensembles[(ensembles["campaign"] == campaign) & ensembles["value"].notna()] if not ensembles.empty \
+        else ensembles
+    if rows.empty:
+        return ""
+    best = rows.loc[rows["value"].idxmax() if maximize else rows["value"].idxmin()]
+    parts = []
+    if pd.notna(best.get("val_gain")):
+        parts.append(f"gain {best['val_gain']:+.4f} {_e(best.get('val_gain_ci') or '')} over the best single trial")
+    members = str(best.get("members") or "").split()
+    if members:
+        parts.append(f"{len(members)} member{'s' if len(members) != 1 else ''}")
+    if pd.notna(best.get("inference_gflops")):
+        parts.append(f"{_num(best['inference_gflops'], 3)} GFLOPs per window")
+    return (f"; ensemble <b>{_e(best['tree_name'])}</b> <b>{best['value']:.4f}</b>"
+            + (f" ({', '.join(parts)})" if parts else ""))
+
+
+def _headline(summary: pd.DataFrame, ensembles: pd.DataFrame | None = None) -> str:
     from arborseg.viz.plots import family_label
 
     lines = []
@@ -286,8 +319,64 @@ def _headline(summary: pd.DataFrame) -> str:
             fn = s.get("best.eval_far.fn_401")
             if fn is not None and pd.notna(fn):
                 text += f", eval-far FN-401 {fn:.3g}%"
+        if ensembles is not None:
+            text += _ensemble_headline(ensembles, s["campaign"], s.get("direction") != "minimize")
         lines.append(f"<p class=headline>{text}.</p>")
     return "".join(lines)
+
+
+def _figure(name: str, files: list[Path], out: Path) -> str:
+    png = next((p for p in files if p.suffix == ".png"), None)
+    svg = next((p for p in files if p.suffix == ".svg"), None)
+    shown = png or svg
+    if shown is None:
+        return ""
+    link = f' (<a href="{_e(_rel(svg, out))}">SVG</a>)' if svg and png else ""
+    return (f'<figure id="plot-{name}"><h3>{_e(PLOT_TITLES[name])}</h3>{_img(_rel(shown, out), PLOT_TITLES[name])}'
+            f"<figcaption>{_e(PLOT_CAPTIONS[name])}{link}</figcaption></figure>")
+
+
+def _rungs_section(table: pd.DataFrame, files: list[Path], out: Path) -> list[str]:
+    """"Ranking across rungs": Spearman's rank correlation of each rung with the next and the top one, and the
+    picture of successive halving (shown only when some campaign trained more than one rung)."""
+    parts = ['<h2 id="rungs">Ranking across rungs</h2>']
+    ranks = rank_correlations(table)
+    if ranks.empty:
+        parts.append('<p class="muted">Every campaign here trained one rung (its budget\'s steps): there is no '
+                     "cheaper ranking to check.</p>")
+        return parts
+    parts.append('<p class="muted">Is the cheap ranking trustworthy? For each rung below the top: the trials that '
+                 "reached it, and Spearman's rank correlation of their validation objective there with the same "
+                 "trials' objective at the next rung and at the top rung (n: the trials that reached both; fewer "
+                 "than 3 give no correlation). Near 1, the first rung already ranks configurations as the top "
+                 "rung does and could be cheaper; low or negative, it ranks by how fast trees start learning and "
+                 "should be longer (docs/campaigns.md).</p>")
+    if ranks["campaign"].nunique() < 2:
+        ranks = ranks.drop(columns="campaign")
+    parts.append(f'<div class="tablewrap">{to_html_table(ranks.rename(columns=RANK_HEADINGS), "rank-table")}</div>')
+    parts.append(f'<div class="plots">{_figure("rungs", files, out)}</div>')
+    return parts
+
+
+def _ensembles_section(ensembles: pd.DataFrame) -> list[str]:
+    """"Ensembles": one row per ensemble of ``arborseg ensemble`` (members, gain on validation with its
+    bootstrap interval, inference cost)."""
+    parts = ['<h2 id="ensembles">Ensembles</h2>']
+    if ensembles.empty:
+        parts.append('<p class="muted">No ensembles yet: <code>arborseg ensemble RUN_DIR</code> chooses one among '
+                     "the trained trials (no new training).</p>")
+        return parts
+    parts.append('<p class="muted">val_gain: the objective\'s gain on validation over the best single member, '
+                 "with its 95 % bootstrap interval (val_gain_ci); inference_gflops: the members' forward GFLOPs "
+                 "per window together; members: trial keys (*n: chosen n times).</p>")
+    view = sort_table(ensembles)
+    several = view["campaign"].nunique() > 1
+    keep = [c for c in ENSEMBLE_COLUMNS if c in view.columns and (c != "campaign" or several)]
+    view = view[keep].rename(columns={"tree_name": "ensemble", "family": "fusion"})
+    if "fusion" in view:
+        view["fusion"] = view["fusion"].astype(str).str.removeprefix("ensemble/")
+    parts.append(f'<div class="tablewrap">{to_html_table(view, "ensembles-table")}</div>')
+    return parts
 
 
 def build_report(run_dirs: list[str | Path], out_dir: str | Path, top: int = 5, title: str | None = None,
@@ -306,8 +395,11 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, top: int = 5, 
         if (out / sub).is_dir():
             shutil.rmtree(out / sub)
     runs = campaigns if campaigns is not None else read_runs(run_dirs)
-    table = filter_table(run_table([], campaigns=runs), where)
-    table.to_csv(out / "runs.csv", index=False)
+    full = filter_table(run_table([], campaigns=runs, ensembles=True), where)
+    full.to_csv(out / "runs.csv", index=False)
+    is_ensemble = full["state"] == "ENSEMBLE" if "state" in full else pd.Series(False, index=full.index)
+    table, ensembles = full[~is_ensemble], full[is_ensemble]
+    table.attrs = ensembles.attrs = dict(full.attrs)
     summary = campaign_summary(table)
     objective = next(iter({r.objective for r in runs}), None) if len({r.objective for r in runs}) == 1 else None
     plots = make_plots(table, out / "plots", campaigns=runs, formats=formats, top=top, evaluator=evaluator)
@@ -320,8 +412,9 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, top: int = 5, 
              f"{'s' if len(runs) != 1 else ''}; generated {now} by arborseg {__version__}"
              f"{'; filtered by ' + _e(where) if where else ''}</p></header>",
              '<nav><a href="#summary">Summary</a><a href="#best">Best trees</a><a href="#plots">Plots</a>'
-             '<a href="#families">Families</a><a href="#trials">All trials</a><a href="#dashboard">Dashboard</a></nav>',
-             "<main>", '<h2 id="summary">Summary</h2>', _headline(summary)]
+             '<a href="#rungs">Rungs</a><a href="#ensembles">Ensembles</a><a href="#families">Families</a>'
+             '<a href="#trials">All trials</a><a href="#dashboard">Dashboard</a></nav>',
+             "<main>", '<h2 id="summary">Summary</h2>', _headline(summary, ensembles)]
     cols = [c for c in SUMMARY_COLUMNS if c in summary.columns]
     parts.append(f'<div class="tablewrap">{to_html_table(summary[cols], "summary-table")}</div>')
     parts.append('<p class="muted">nets: distinct trained trees that completed; trees: distinct base trees '
@@ -336,18 +429,10 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, top: int = 5, 
         parts.append(_tree_card(rank, row, out, objective))
 
     parts.append('<h2 id="plots">Plots</h2><div class="plots">')
-    for name in PLOT_NAMES:
-        files = plots.get(name, [])
-        png = next((p for p in files if p.suffix == ".png"), None)
-        svg = next((p for p in files if p.suffix == ".svg"), None)
-        shown = png or svg
-        if shown is None:
-            continue
-        link = f' (<a href="{_e(_rel(svg, out))}">SVG</a>)' if svg and png else ""
-        parts.append(f'<figure id="plot-{name}"><h3>{_e(PLOT_TITLES[name])}</h3>'
-                     f'{_img(_rel(shown, out), PLOT_TITLES[name])}'
-                     f"<figcaption>{_e(PLOT_CAPTIONS[name])}{link}</figcaption></figure>")
+    parts += [_figure(name, plots.get(name, []), out) for name in PLOT_NAMES if name != "rungs"]  # rungs: below
     parts.append("</div>")
+    parts += _rungs_section(table, plots.get("rungs", []), out)
+    parts += _ensembles_section(ensembles)
 
     parts.append('<h2 id="families">Families and trees</h2>'
                  '<p class="muted">Mean and standard deviation over the completed trials (seeds and refinements '
@@ -362,9 +447,10 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, top: int = 5, 
                 if c in grouped.columns and not (c == "campaign" and grouped["campaign"].nunique() < 2)]
         parts.append(f"<h3>by {by}</h3><div class=tablewrap>{to_html_table(grouped[keep], f'by-{by}')}</div>")
 
-    parts.append('<h2 id="trials">All trials</h2><p class="muted">Best first; click a column heading to sort. '
+    parts.append('<h2 id="trials">All trials</h2><p class="muted">Best first (ensembles among the complete '
+                 'trials); click a column heading to sort. '
                  'Every column (hyperparameters, every metric per class) is in <a href="runs.csv">runs.csv</a>.</p>')
-    view = sort_table(table)
+    view = sort_table(full)
     if not view.empty:
         view = view.assign(reason=view["fail_reason"].fillna(view["prune_reason"]).fillna("")
                            if "fail_reason" in view else "")
