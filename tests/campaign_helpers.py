@@ -20,8 +20,9 @@ def write_campaign(tmp: Path, name: str = "tiny", storage: str = "sqlite", execu
                    space: str | Path = ROOT / "search_spaces" / "quickstart.yaml", data: Any = None,
                    budget: dict | None = None, **extra: Any) -> Path:
     cfg = {"name": name, "data": data if data is not None else SYNTHETIC, "space": str(space),
-           "budget": {"random_trees": 2, "refine_top": 1, "refine_trials": 1, "steps": 4, "eval_every": 2,
-                      **(budget or {})},
+           "budget": (budget if budget and "total_steps" in budget  # the rung form: as given
+                      else {"random_trees": 2, "refine_top": 1, "refine_trials": 1, "steps": 4, "eval_every": 2,
+                            **(budget or {})}),
            "objective": {"metric": "fg_iou"}, "pruner": {"name": "none"},
            "executor": executor or {"kind": "debug"}, "storage": storage, "train": {"seed": 0, "overlays": False},
            **extra}
@@ -42,6 +43,40 @@ def trials_of(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         out += study.get_trials(deepcopy=False)
     return out
+
+
+def check_rung_campaign(run_dir: Path, plan_sizes: tuple[int, ...], rung_steps: tuple[int, ...]) -> None:
+    """A finished campaign of rungs: the plan's trials per rung, every step of every trial trained once and in
+    order up to the rung it reached, rung values = intermediate values, per-rung probabilities kept, top-rung
+    survivors COMPLETE and the others PRUNED with their reason."""
+    import json
+
+    import pytest
+    from optuna.trial import TrialState
+
+    trials = [t for t in trials_of(run_dir) if t.user_attrs.get("task") and not t.user_attrs.get("stale")]
+    assert len(trials) == plan_sizes[0]
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == plan_sizes[-1]
+    for rung, size in enumerate(plan_sizes):
+        reached = [t for t in trials if str(rung_steps[rung]) in t.user_attrs.get("rung_values", {})]
+        assert len(reached) == size, (rung, len(reached))
+    for t in trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs.get("fail_reason")
+        folder = Path(t.user_attrs["artifact_dir"])
+        steps = rung_steps[t.user_attrs["rung"]]
+        history = json.loads((folder / "history.json").read_text())
+        assert [h["step"] for h in history if "loss" in h] == list(range(1, steps + 1))
+        assert t.user_attrs["steps_trained"] == steps
+        for s, value in t.user_attrs["rung_values"].items():
+            assert t.intermediate_values[int(s)] == pytest.approx(value)
+            assert (folder / "probs" / f"step{s}" / "validation.npz").is_file()
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["stopped_rung"] == t.user_attrs["rung"] < len(rung_steps) - 1
+            assert "not promoted past rung" in t.user_attrs["prune_reason"]
+        else:
+            assert t.value == pytest.approx(t.user_attrs["rung_values"][str(rung_steps[-1])])
+    manifest = json.loads((run_dir / "campaign.json").read_text())
+    assert manifest["budget"]["rung_steps"] == list(rung_steps) and manifest["budget"]["form"] == "rungs"
 
 
 def nan_volume(tmp: Path) -> Path:

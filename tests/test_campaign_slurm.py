@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from campaign_helpers import ROOT, release_requeued, trials_of, write_campaign
+from campaign_helpers import ROOT, check_rung_campaign, release_requeued, trials_of, write_campaign
 from optuna.trial import TrialState
 
 from arborseg.campaign.config import load_campaign
@@ -123,8 +123,19 @@ def test_slurm_campaign_with_array_jobs(slurm_cluster, tmp_path):
     assert complete["value"].notna().all() and (complete["params"] > 0).all() and (complete["steps"] == 4).all()
 
 
+def test_slurm_campaign_in_rungs(slurm_cluster, tmp_path):
+    """Successive halving on SLURM: promoted trials continue from their checkpoints in new jobs."""
+    path = slurm_campaign(tmp_path, "srungs", {"total_steps": 16, "first_rung": 2, "eta": 2, "rungs": 3,
+                                               "random_trees": 4, "refine_top": 0})
+    run_dir = Campaign(load_campaign(path), tmp_path / "runs", progress=False).run()
+    check_rung_campaign(run_dir, (4, 2, 1), (2, 4, 8))
+    top = next(t for t in trials_of(run_dir) if t.state == TrialState.COMPLETE)
+    log_text = (Path(top.user_attrs["artifact_dir"]) / "trial.log").read_text()
+    assert re.search(r"resumed \S+ from step 4", log_text), log_text[-1000:]  # rung 2 continued rung 1's checkpoint
+
+
 # ------------------------------------------------------------------------------ (b) scancel
-def test_slurm_scancelled_trial_fails_and_is_retried(slurm_cluster, tmp_path):
+def test_slurm_scancelled_rung_is_retried_on_the_same_trial(slurm_cluster, tmp_path):
     path = slurm_campaign(tmp_path, "scancel", {"random_trees": 2, "refine_top": 0, "steps": 80, "eval_every": 40},
                           storage="sqlite", retries=1,
                           train={"seed": 0, "overlays": False, "checkpoint_every": 2})
@@ -140,19 +151,18 @@ def test_slurm_scancelled_trial_fails_and_is_retried(slurm_cluster, tmp_path):
 
     trials = sorted(trials_of(run_dir), key=lambda t: t.number)
     first = next(t for t in trials if trial_id(t) == trial_id(victim))
-    assert first.state == TrialState.FAIL
-    assert first.user_attrs["fail_reason"].startswith(f"cancelled by scheduler (job {job_id})"), \
-        first.user_attrs["fail_reason"]
-    retry = [t for t in trials if t.user_attrs["task"] == "random:0" and t.number != first.number]
-    assert len(retry) == 1 and retry[0].state in FINISHED and retry[0].user_attrs["attempt"] == 2
-    assert retry[0].user_attrs["resumed_from"] == first.user_attrs["artifact_dir"]  # policy: resume its checkpoint
-    assert retry[0].user_attrs["job_id"] != job_id
-    assert not (folder / "metrics.json").exists()  # cancelled mid-run
-    retry_log = (Path(retry[0].user_attrs["artifact_dir"]) / "trial.log").read_text()
-    assert re.search(r"resumed \S+ from step [1-9]", retry_log), retry_log[-1000:]  # from the dead job's checkpoint
+    # the retry runs on the same trial (attempt 2) and continues the cancelled job's checkpoint
+    assert first.state in FINISHED and first.user_attrs["attempt"] == 2, first.user_attrs.get("fail_reason")
+    assert first.user_attrs["last_failure"].startswith(f"cancelled by scheduler (job {job_id})"), \
+        first.user_attrs["last_failure"]
+    assert first.user_attrs["job_id"] != job_id
+    log_text = (folder / "trial.log").read_text()
+    assert re.search(r"resumed \S+ from step [1-9]", log_text), log_text[-1000:]  # from the dead job's checkpoint
+    history = json.loads((folder / "history.json").read_text())
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, 81))  # every step once
     others = [t for t in trials if t.user_attrs["task"] == "random:1"]
     assert len(others) == 1 and others[0].state in FINISHED
-    assert len(trials) == 3
+    assert len(trials) == 2
 
 
 # ------------------------------------------------------------------------------ (c) preemption

@@ -3,7 +3,6 @@ promote trials from their checkpoints (debug and local executors, kill -9 of the
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from campaign_helpers import ROOT, trials_of, write_campaign
-from optuna.trial import TrialState
+from campaign_helpers import ROOT, check_rung_campaign, trials_of, write_campaign
 
 from arborseg.campaign.budget import make_plan, normalise_budget, plan_cost, rung_sizes
 from arborseg.campaign.config import load_campaign
@@ -114,42 +112,8 @@ def test_an_open_rung_waits_for_more_results():
 
 
 # ---------------------------------------------------------------------- campaigns in rungs
-def history_steps(folder: Path) -> list[int]:
-    return [h["step"] for h in json.loads((folder / "history.json").read_text()) if "loss" in h]
-
-
-def check_rung_campaign(run_dir: Path, plan_sizes: tuple[int, ...], rung_steps: tuple[int, ...]) -> None:
-    trials = [t for t in trials_of(run_dir) if t.user_attrs.get("task")]
-    assert len(trials) == plan_sizes[0]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == plan_sizes[-1]
-    for rung, size in enumerate(plan_sizes):
-        reached = [t for t in trials if str(rung_steps[rung]) in t.user_attrs.get("rung_values", {})]
-        assert len(reached) == size, (rung, len(reached))
-    for t in trials:
-        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs.get("fail_reason")
-        folder = Path(t.user_attrs["artifact_dir"])
-        steps = rung_steps[t.user_attrs["rung"]]
-        # continued rung by rung: every step trained once, in order, up to the rung it reached
-        assert history_steps(folder) == list(range(1, steps + 1))
-        assert t.user_attrs["steps_trained"] == steps
-        for s, value in t.user_attrs["rung_values"].items():
-            assert t.intermediate_values[int(s)] == pytest.approx(value)
-            assert (folder / "probs" / f"step{s}" / "validation.npz").is_file()
-        if t.state == TrialState.PRUNED:
-            assert t.user_attrs["stopped_rung"] == t.user_attrs["rung"] < len(rung_steps) - 1
-            assert "not promoted past rung" in t.user_attrs["prune_reason"]
-        else:
-            assert t.value == pytest.approx(t.user_attrs["rung_values"][str(rung_steps[-1])])
-    manifest = json.loads((run_dir / "campaign.json").read_text())
-    assert manifest["budget"]["rung_steps"] == list(rung_steps) and manifest["budget"]["form"] == "rungs"
-
-
 def test_debug_campaign_promotes_from_checkpoints(tmp_path):
     path = write_campaign(tmp_path, name="rungs", budget=RUNGS)
-    raw = yaml.safe_load(path.read_text())
-    raw["budget"] = RUNGS
-    path.write_text(yaml.safe_dump(raw))
     cfg = load_campaign(path)
     assert cfg.pruner["name"] == "none" and cfg.train_settings.schedule_steps == 8
     run_dir = Campaign(cfg, tmp_path / "runs", progress=False).run()
@@ -160,11 +124,8 @@ def test_debug_campaign_promotes_from_checkpoints(tmp_path):
 
 
 def rung_campaign(tmp_path: Path, name: str, **budget) -> Path:
-    path = write_campaign(tmp_path, name=name, executor={"kind": "local", "workers": 2, "timeout_min": 10})
-    raw = yaml.safe_load(path.read_text())
-    raw["budget"] = {**RUNGS, **budget}
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_campaign(tmp_path, name=name, executor={"kind": "local", "workers": 2, "timeout_min": 10},
+                          budget={**RUNGS, **budget})
 
 
 def test_local_two_workers_with_refinement_in_the_rungs(tmp_path):

@@ -232,7 +232,10 @@ class Campaign:
             if not key or attrs.get("stale") or attrs.get("over_cap"):
                 continue
             if trial.state != TrialState.RUNNING:
-                self.contenders[key] = self._contender(key, attrs, done=True)
+                contender = self._contender(key, attrs, done=True)
+                if trial.state == TrialState.COMPLETE and not contender.values and trial.value is not None:
+                    contender.values, contender.target = {self.plan.top: float(trial.value)}, self.plan.top  # older run
+                self.contenders[key] = contender
                 continue
             if "rung_values" not in attrs:  # the last attribute _start writes: the driver stopped before the job
                 stale = live_trial(study, trial)
