@@ -1,0 +1,174 @@
+"""GPU readiness in one short run (issue 14, item 9): CUDA training with autocast, several trials sharing one
+GPU, tiled prediction, and a short campaign on the new schedule (successive halving with continued training).
+
+    bash benchmarks/gpu_check.sh            # on a machine with one CUDA GPU; about 5 minutes
+    python benchmarks/gpu_check.py --device cpu --quick   # the same code path on CPU, tiny (a dry run)
+
+Writes ``benchmarks/results/gpu_check.json`` (and a copy under ``$OUT`` when that is set) with the device, the
+seconds per training step of baseline B in float32 and under autocast, the campaign's plan, wall time and best
+trial, and prediction throughput. It exits non-zero (with one line saying what failed) when a check fails.
+Uses the synthetic quickstart volume when ``../shared/data`` is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "gpu_check.json"
+B_TREE = ROOT / "search_spaces" / "portfolio" / "unet2d_nnunet.yaml"
+
+
+def data_file() -> Path:
+    real = ROOT / "examples" / "vnc_mito.yaml"
+    raw = yaml.safe_load(real.read_text())
+    if (ROOT / raw["raw"]).exists():
+        return real
+    return ROOT / "examples" / "quickstart_data.yaml"
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def step_times(amp: bool, steps: int, work: Path, device: str) -> dict:
+    """Seconds per training step of baseline B on ``device`` (after 5 warm-up steps)."""
+    import torch
+
+    from arborseg.data import load_data_config
+    from arborseg.train.settings import TrainSettings
+    from arborseg.train.trainer import Trainer
+    from arborseg.tree import ModuleTree
+
+    data = load_data_config(data_file())
+    tree = ModuleTree.load(B_TREE)
+    settings = TrainSettings(steps=steps + 5, eval_every=10_000, checkpoint_every=10_000, amp=amp, device=device,
+                             overlays=False)
+    trainer = Trainer(tree, data, settings, work / f"steps_amp{int(amp)}", progress=False)
+    sampler = trainer._sampler()
+    batch = int(trainer.values["batch_size"])
+    times = []
+    for i in range(steps + 5):
+        x, y, w = sampler.sample_batch(batch)
+        sync(device)
+        t0 = time.perf_counter()
+        trainer._train_step(x, y, w)
+        sync(device)
+        if i >= 5:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"amp": amp, "batch": batch, "steps": steps, "median_s": round(times[len(times) // 2], 4),
+            "max_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if device.startswith("cuda")
+            else None}
+
+
+def campaign(work: Path, device: str, quick: bool) -> dict:
+    """A short campaign in rungs on ``device``: 4 local workers share one GPU (several trials per GPU)."""
+    from arborseg.campaign.config import load_campaign
+    from arborseg.campaign.driver import Campaign
+    from arborseg.table import rank_correlations, run_table
+
+    cfg = {"name": "gpu_check", "data": str(data_file()), "space": str(ROOT / "search_spaces" / "unet2d.yaml"),
+           "budget": {"total_steps": 60, "first_rung": 2, "eta": 2, "rungs": 2, "random_trees": 2,
+                      "refine_top": 0} if quick else {"total_steps": 6000, "first_rung": 100, "eta": 3, "rungs": 3,
+                                                      "refine_top": 1, "refine_trials": 3},
+           "objective": {"metric": "fg_iou"}, "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+           "executor": {"kind": "local", "workers": 2 if quick else 4, "timeout_min": 20}, "storage": "sqlite",
+           "train": {"seed": 0, "overlays": False, "device": device, "amp": True}}
+    path = work / "gpu_check.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = Campaign(load_campaign(path), work / "runs", progress=False)
+    started = time.perf_counter()
+    run_dir = run.run()
+    wall = time.perf_counter() - started
+    table = run_table([run_dir])
+    done = table[table["state"] == "COMPLETE"]
+    if done.empty:
+        raise RuntimeError("the campaign ended without a top-rung trial")
+    best = done.sort_values("value", ascending=False).iloc[0]
+    return {"plan": run.plan.describe(), "wall_s": round(wall, 1), "trials": int(len(table)),
+            "states": table["state"].value_counts().to_dict(), "best_tree": str(best["tree_name"]),
+            "best_fg_iou": round(float(best["value"]), 4), "best_steps": int(best["steps"]),
+            "best_model": str(Path(str(best["artifact_dir"])) / "model.pt"),
+            "rank_correlations": rank_correlations(table).to_dict(orient="records")}
+
+
+def prediction(model_file: str, device: str) -> dict:
+    """Tiled prediction of the eval_far region with the campaign's best model, float32 vs autocast."""
+    import torch
+
+    from arborseg.data import load_data_config
+    from arborseg.inference import predict_volume
+    from arborseg.runs import load_model
+
+    data = load_data_config(data_file())
+    raw, _ = data.load_region("eval_far")
+    model, tree, _ = load_model(model_file, device=device)
+    out: dict = {}
+    for amp in (False, True):
+        sync(device)
+        t0 = time.perf_counter()
+        probs = predict_volume(model, raw, tuple(tree.window), len(data.classes), device=torch.device(device),
+                               amp=amp, batch_size=16)
+        sync(device)
+        seconds = time.perf_counter() - t0
+        out[f"amp{int(amp)}"] = {"seconds": round(seconds, 3), "mvoxels_per_s": round(raw.size / seconds / 1e6, 2)}
+        out[f"labels_amp{int(amp)}"] = probs.argmax(0)
+    agree = float((out.pop("labels_amp0") == out.pop("labels_amp1")).mean())
+    return {**out, "labels_equal_fraction": round(agree, 5), "voxels": int(raw.size)}
+
+
+def main() -> int:
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run of the same code")
+    parser.add_argument("--quick", action="store_true", help="a tiny campaign and few steps (dry runs)")
+    args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; run it on a GPU machine (or --device cpu --quick)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="arborseg_gpu_check_"))
+    result: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
+                    "bf16": torch.cuda.is_bf16_supported() if cuda else None, "data": str(data_file())}
+    steps = 3 if args.quick else 30
+    try:
+        result["train_step_fp32"] = step_times(False, steps, work, args.device)
+        result["train_step_autocast"] = step_times(True, steps, work, args.device)
+        result["speedup_autocast"] = round(result["train_step_fp32"]["median_s"]
+                                           / result["train_step_autocast"]["median_s"], 2)
+        print(json.dumps({k: result[k] for k in ("device", "train_step_fp32", "train_step_autocast")}), flush=True)
+        result["campaign"] = campaign(work, args.device, args.quick)
+        print(json.dumps(result["campaign"]["plan"]), flush=True)
+        result["prediction"] = prediction(result["campaign"]["best_model"], args.device)
+    except Exception as exc:  # one line, and what was measured so far is kept
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    target = RESULTS if cuda else RESULTS.with_name("gpu_check_dryrun_cpu.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=1, default=str))
+    if os.environ.get("OUT"):
+        shutil.copy(target, Path(os.environ["OUT"]) / target.name)
+    print(json.dumps(result, indent=1, default=str))
+    shutil.rmtree(work, ignore_errors=True)
+    if "error" in result:
+        print(f"gpu_check: {result['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
