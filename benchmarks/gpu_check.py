@@ -27,10 +27,13 @@ RESULTS = ROOT / "benchmarks" / "results" / "gpu_check.json"
 B_TREE = ROOT / "search_spaces" / "portfolio" / "unet2d_nnunet.yaml"
 
 
+QUICK = False  # --quick: the small synthetic volume, whatever data is present
+
+
 def data_file() -> Path:
     real = ROOT / "examples" / "vnc_mito.yaml"
     raw = yaml.safe_load(real.read_text())
-    if (ROOT / raw["raw"]).exists():
+    if (ROOT / raw["raw"]).exists() and not QUICK:
         return real
     return ROOT / "examples" / "quickstart_data.yaml"
 
@@ -79,7 +82,7 @@ def campaign(work: Path, device: str, quick: bool) -> dict:
     from arborseg.campaign.driver import Campaign
     from arborseg.table import rank_correlations, run_table
 
-    cfg = {"name": "gpu_check", "data": str(data_file()), "space": str(ROOT / "search_spaces" / "unet2d.yaml"),
+    cfg = {"name": "gpu_check", "data": str(data_file()), "space": str(ROOT / "search_spaces" / ("quickstart.yaml" if quick else "unet2d.yaml")),
            "budget": {"total_steps": 60, "first_rung": 2, "eta": 2, "rungs": 2, "random_trees": 2,
                       "refine_top": 0} if quick else {"total_steps": 6000, "first_rung": 100, "eta": 3, "rungs": 3,
                                                       "refine_top": 1, "refine_trials": 3},
@@ -138,6 +141,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run of the same code")
     parser.add_argument("--quick", action="store_true", help="a tiny campaign and few steps (dry runs)")
     args = parser.parse_args()
+    global QUICK
+    QUICK = args.quick
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run it on a GPU machine (or --device cpu --quick)", file=sys.stderr)
