@@ -41,7 +41,7 @@ bench: setup
 	$(PYTHON) benchmarks/bench_large_volume.py --shape 64 2048 2048 --caps 400 250
 	$(PYTHON) benchmarks/bench_ensemble_predict.py --shape 12 256 256 --trees 1 3 2 --repeats 5
 	$(PYTHON) benchmarks/bench_active_learning.py
-	$(PYTHON) benchmarks/bench_search_vs_baselines.py --budget cpu
+	$(PYTHON) benchmarks/bench_search_vs_baselines.py --budget cpu_sh
 
 clean:
 	rm -rf runs/quickstart trees .pytest_cache

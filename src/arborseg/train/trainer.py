@@ -107,6 +107,15 @@ class _PolyFactor:
         return max(0.0, 1.0 - step / self.horizon) ** POLY_EXPONENT
 
 
+def objective_value(scores: dict[str, float], objective: str) -> float:
+    """The objective from a region's scores; undefined (NaN: e.g. IoU where neither labels nor prediction have
+    foreground) counts as the worst value, so that ranking and pruning never see NaN."""
+    value = float(scores[objective])
+    if math.isnan(value):
+        return float("inf") if minimise(objective) else 0.0
+    return value
+
+
 class Trainer:
     """Fits one tree on one data config; evaluation and artifacts on request."""
 
@@ -301,9 +310,7 @@ class Trainer:
 
     def validate(self) -> float:
         scores, _ = self.score_region("validation")
-        value = float(scores[self.settings.objective])
-        if math.isnan(value):
-            value = float("inf") if minimise(self.settings.objective) else 0.0
+        value = objective_value(scores, self.settings.objective)
         self.history.append({"step": self.step, self.settings.objective: value})
         return value
 
@@ -349,7 +356,8 @@ def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: st
         "flops_per_voxel": count_flops(trainer.model.cpu(), tree.window) / math.prod(tree.window),
         "steps": trainer.step, "seed": settings.seed, "train_seconds": round(trainer.train_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3), "device": str(trainer.device),
-        "objective": settings.objective, "objective_value": validation.get(settings.objective),
+        "objective": settings.objective,
+        "objective_value": objective_value(validation, settings.objective) if settings.objective in validation else None,
         "training": trainer.values, "settings": asdict(settings), "regions": regions,
     }
     (trainer.out / runs.METRICS_FILE).write_text(json.dumps(result, indent=1, default=_json_default))
