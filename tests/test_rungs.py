@@ -121,6 +121,11 @@ def test_debug_campaign_promotes_from_checkpoints(tmp_path):
     # run again: nothing left to do, nothing repeated
     Campaign(load_campaign(path), tmp_path / "runs", progress=False).run()
     check_rung_campaign(run_dir, (4, 2, 1), (2, 4, 8))
+    # `arborseg ensemble --train` takes the trees that got furthest first: the survivor, then rung 1's
+    from arborseg.ensemble.select import open_campaign, top_trees
+
+    chosen = top_trees(open_campaign(run_dir), 3)
+    assert [c.steps for c in chosen] == [8, 4, 2]
 
 
 def rung_campaign(tmp_path: Path, name: str, **budget) -> Path:

@@ -67,7 +67,8 @@ class TreeChoice:
 
 
 def top_trees(ctx: CampaignContext, k: int) -> list[TreeChoice]:
-    """The ``k`` best distinct trees (by tree id) of the campaign's COMPLETE trials, by the objective on
+    """The ``k`` best distinct trees (by tree id) of the campaign's trained trials: those that got furthest in the
+    rungs first (COMPLETE at the top rung, then trials stopped below it, by rung), each group by the objective on
     validation in the campaign's direction. Fewer if the campaign has fewer; an error if it has none."""
     from arborseg.table import read_run, run_table
 
@@ -76,8 +77,11 @@ def top_trees(ctx: CampaignContext, k: int) -> list[TreeChoice]:
     table = run_table([], campaigns=[read_run(ctx.run_dir)])
     if table.empty or "state" not in table:
         raise CampaignError(f"{ctx.run_dir}: the campaign has no trials yet; run `arborseg search` first")
-    done = table[(table["state"] == "COMPLETE") & table["value"].notna()]
-    done = done.sort_values(["value", "trial_id"], ascending=[ctx.direction != "maximize", True], kind="stable")
+    rung = table["rung"] if "rung" in table else 0
+    stopped = (table["state"] == "PRUNED") & table["rung"].notna() if "rung" in table else False
+    done = table[((table["state"] == "COMPLETE") | stopped) & table["value"].notna()].assign(_rung=rung)
+    done = done.sort_values(["_rung", "value", "trial_id"], ascending=[False, ctx.direction != "maximize", True],
+                            kind="stable")
     out: list[TreeChoice] = []
     for _, row in done.iterrows():
         if row["tree_id"] in {c.tree_id for c in out}:
@@ -94,10 +98,10 @@ def top_trees(ctx: CampaignContext, k: int) -> list[TreeChoice]:
         if len(out) == k:
             break
     if not out:
-        raise CampaignError(f"{ctx.run_dir}: no COMPLETE trial with a tree file; nothing to ensemble "
+        raise CampaignError(f"{ctx.run_dir}: no trained trial with a tree file; nothing to ensemble "
                             "(`arborseg status` shows why trials failed)")
     if len(out) < k:
-        log.warning("the campaign has only %d distinct complete trees (asked for %d)", len(out), k)
+        log.warning("the campaign has only %d distinct trained trees (asked for %d)", len(out), k)
     return out
 
 
