@@ -45,6 +45,34 @@ def trials_of(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return out
 
 
+def kill_driver_when(path: Path, runs: Path, name: str, ready, what: str, timeout_s: float = 300) -> list[str]:
+    """Run ``arborseg search path`` as a process, ``kill -9`` it once ``ready(trials)`` is true (polling the
+    storage: a marker, not a fixed delay); return the command, to resume with."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    cmd = [sys.executable, "-m", "arborseg.cli", "-q", "search", str(path), "--runs-dir", str(runs)]
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    run_dir = runs / name
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        time.sleep(0.3)
+        if (run_dir / "campaign.json").exists() and ready(trials_of(run_dir)):
+            break
+    else:
+        driver.kill()
+        pytest.fail(f"the campaign never had {what}")
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(10)
+    return cmd
+
+
 def check_rung_campaign(run_dir: Path, plan_sizes: tuple[int, ...], rung_steps: tuple[int, ...]) -> None:
     """A finished campaign of rungs: the plan's trials per rung, every step of every trial trained once and in
     order up to the rung it reached, rung values = intermediate values, per-rung probabilities kept, top-rung

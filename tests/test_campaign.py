@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from campaign_helpers import ROOT, nan_volume, trials_of, write_campaign
+from campaign_helpers import ROOT, kill_driver_when, nan_volume, trials_of, write_campaign
 from optuna.trial import TrialState
 
 from arborseg.campaign.config import load_campaign
@@ -269,24 +268,19 @@ def test_resume_after_driver_kill_9_loses_nothing(tmp_path):
                           budget={"random_trees": 4, "refine_top": 1, "refine_trials": 2, "steps": 30,
                                   "eval_every": 10})
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "arborseg.cli", "-q", "search", str(path), "--runs-dir", str(runs)]
-    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
     run_dir = runs / "killme"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        time.sleep(0.5)
-        if (run_dir / "campaign.json").exists():
-            states = [t.state for t in trials_of(run_dir)]
-            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
-                break
-    else:
-        driver.kill()
-        pytest.fail("the campaign never had a finished and a running trial at once")
-    finished_before = {t.user_attrs["task"]: t.user_attrs["artifact_dir"] for t in trials_of(run_dir)
-                       if t.state == TrialState.COMPLETE}
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait(10)
+    finished_before: dict[str, str] = {}
+
+    def one_done_one_running(trials) -> bool:
+        states = [t.state for t in trials]
+        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+            finished_before.update({t.user_attrs["task"]: t.user_attrs["artifact_dir"] for t in trials
+                                    if t.state == TrialState.COMPLETE})
+            return True
+        return False
+
+    cmd = kill_driver_when(path, runs, "killme", one_done_one_running, "a finished and a running trial at once",
+                           timeout_s=240)
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     trials = trials_of(run_dir)

@@ -3,16 +3,12 @@ promote trials from their checkpoints (debug and local executors, kill -9 of the
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from campaign_helpers import ROOT, check_rung_campaign, trials_of, write_campaign
+from campaign_helpers import ROOT, check_rung_campaign, kill_driver_when, trials_of, write_campaign
 
 from arborseg.campaign.budget import make_plan, normalise_budget, plan_cost, rung_sizes
 from arborseg.campaign.config import load_campaign
@@ -146,21 +142,9 @@ def test_driver_kill_9_during_promotions_then_resume(tmp_path):
     """kill -9 of the driver once a trial has been promoted; the resumed campaign loses and repeats nothing."""
     path = rung_campaign(tmp_path, "killrungs", total_steps=40, random_trees=6, first_rung=2, eta=2, rungs=3)
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "arborseg.cli", "-q", "search", str(path), "--runs-dir", str(runs)]
-    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    cmd = kill_driver_when(path, runs, "killrungs", lambda trials: any(t.user_attrs.get("job_rung", 0) >= 1
+                                                                         for t in trials), "a promoted trial")
     run_dir = runs / "killrungs"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        time.sleep(0.3)
-        if (run_dir / "campaign.json").exists() and any(
-                t.user_attrs.get("job_rung", 0) >= 1 for t in trials_of(run_dir)):
-            break
-    else:
-        driver.kill()
-        pytest.fail("the campaign never promoted a trial")
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait(10)
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     check_rung_campaign(run_dir, (6, 3, 1), (2, 4, 8))
