@@ -28,8 +28,14 @@ def test_plan_sizes_cost_and_derived_random_trees():
                                "refine_trials": 2}, "c.yaml")
     assert budget["steps"] == 90 and budget["eval_every"] == 10 and budget["form"] == "rungs"
     plan = make_plan(budget, portfolio=2)
-    assert plan.rung_steps == (10, 30, 90) and plan.cost() <= 1000
-    assert plan_cost(plan.configs + 1, 3, plan.rung_steps) > 1000  # as many random trees as the budget affords
+    assert plan.rung_steps == (10, 30, 90) and plan.cost() <= 1000 and plan.protected == 2
+    assert plan_cost(plan.configs + 1, 3, plan.rung_steps, 2) > 1000  # as many random trees as the budget affords
+    # the 2 portfolio trees train to the top in slots of their own; the others are halved
+    m = plan.configs - 2
+    assert plan.promotions() == (m + 2, max(1, m // 3) + 2, max(1, max(1, m // 3) // 3) + 2)
+    assert plan.cost() == 2 * 90 + plan_cost(m, 3, plan.rung_steps)
+    unprotected = make_plan({**budget, "portfolio_to_top": False}, portfolio=2)
+    assert unprotected.protected == 0 and unprotected.random_trees > plan.random_trees
     assert plan.portfolio == 2 and plan.refine == 2 and plan.random_trees == plan.configs - 4
     text = plan.describe()
     assert "rung 0:" in text and "90 steps" in text and "of the budget 1000" in text
@@ -99,6 +105,15 @@ def test_slots_are_handed_out_in_proportion_to_the_reports():
     assert [(c.key, r) for c, r in promotions(cs, (15, 5, 1), True, all_started=True)] == [("t3", 2)]
 
 
+def test_protected_portfolio_trials_go_to_the_top_without_a_slot():
+    b = Contender("portfolio:0", {0: 0.01}, target=0, protected=True)  # slow starter: worst at rung 0
+    cs = [b] + [Contender(f"random:{i}", {0: 0.5 + 0.1 * i}) for i in range(3)]
+    promoted = promotions(cs, (3, 1), True, all_started=True)
+    assert ("portfolio:0", 1) in [(c.key, r) for c, r in promoted]
+    assert ("random:2", 1) in [(c.key, r) for c, r in promoted]  # the one competing slot is still filled
+    assert len(promoted) == 2
+
+
 def test_an_open_rung_waits_for_more_results():
     cs = [Contender("a", {0: 0.9}), Contender("b", {0: 0.8}), Contender("c", target=0)]  # c still trains
     # 2 results of 3 give 2 * 1 // 3 = 0 asynchronous promotions, and the rung is not closed while c trains
@@ -122,6 +137,21 @@ def test_debug_campaign_promotes_from_checkpoints(tmp_path):
 
     chosen = top_trees(open_campaign(run_dir), 3)
     assert [c.steps for c in chosen] == [8, 4, 2]
+
+
+def test_portfolio_tree_trains_to_the_top_rung(tmp_path):
+    from test_portfolio import small_tree, write_tree
+
+    write_tree(tmp_path / "hand.yaml", small_tree())
+    path = write_campaign(tmp_path, name="pfrungs", portfolio=["hand.yaml"],
+                          budget={**RUNGS, "random_trees": 3, "total_steps": 30})
+    cfg = load_campaign(path)
+    assert cfg.plan().promotions() == (4, 2, 2)  # 1 protected + 3 halved (3, 1, 1)
+    run_dir = Campaign(cfg, tmp_path / "runs", progress=False).run()
+    trials = {t.user_attrs["task"]: t for t in trials_of(run_dir) if t.user_attrs.get("task")}
+    assert trials["portfolio:0"].state.name == "COMPLETE" and trials["portfolio:0"].user_attrs["steps_trained"] == 8
+    assert sum(t.state.name == "COMPLETE" for t in trials.values()) == 2
+    assert sum(t.user_attrs.get("rung") == 2 for t in trials.values()) == 2
 
 
 def rung_campaign(tmp_path: Path, name: str, **budget) -> Path:

@@ -12,10 +12,14 @@
       refine_trials: 3    # ... 3 trials each; they join the same rungs
       eval_every: 40      # optional validation interval inside a rung (default: first_rung)
       max_gflops: 12      # optional: trees whose forward pass over one window costs more are not trained
+      portfolio_to_top: true  # portfolio trees skip the halving: they train to the top rung (default true)
 
 Steps are counted at each tree's own batch size (a training value; ``train.overrides.batch_size`` sets one for
 every tree). A trial's steps add up over its rungs: a promoted trial continues from its checkpoint, so the plan's
 cost is ``sum_k n_k * (r_k - r_(k-1))`` with ``n_0`` trials at the first rung and ``n_(k+1) = max(1, n_k // eta)``.
+Portfolio trees are known-good: a slow-starting recipe (nnU-Net's SGD + poly) would lose the early comparisons,
+so by default they are not halved but train to the top rung, in slots of their own (``p`` of them):
+``n_k = p + m_k`` with ``m_0`` the other trials and ``m_(k+1) = max(1, m_k // eta)``.
 
 The old form (``steps``, ``eval_every``, no ``total_steps``) still works: it is read as one rung of ``steps``
 steps per trial (no successive halving), with the pruner deciding within it, as before.
@@ -33,7 +37,7 @@ from arborseg.errors import CampaignError, did_you_mean
 #: every budget key and its default (None: derived)
 BUDGET_KEYS: dict[str, Any] = {"total_steps": None, "first_rung": None, "eta": 3, "rungs": 3, "random_trees": None,
                                "refine_top": 2, "refine_trials": 4, "eval_every": None, "max_gflops": None,
-                               "steps": None}
+                               "steps": None, "portfolio_to_top": True}
 #: keys of the old form (one rung of ``steps`` steps)
 OLD_FORM = ("steps",)
 OLD_DEFAULTS = {"random_trees": 8, "steps": 200, "eval_every": 50}
@@ -51,6 +55,7 @@ class RungPlan:
     refine: int  # refine_top * refine_trials
     total_steps: int  # the budget
     form: str  # "rungs" or "steps" (an old budget read as one rung)
+    protected: int = 0  # portfolio trials that train to the top rung without being halved
 
     @property
     def configs(self) -> int:
@@ -67,12 +72,16 @@ class RungPlan:
         return len(self.rung_steps) - 1
 
     def promotions(self) -> tuple[int, ...]:
-        """Trials that train each rung in the plan (``n_0 = configs``, ``n_(k+1) = max(1, n_k // eta)``)."""
-        return rung_sizes(self.configs, self.eta, len(self.rung_steps))
+        """Trials that train each rung in the plan: the protected portfolio trials plus the halved others."""
+        return tuple(self.protected + n for n in self.halved())
+
+    def halved(self) -> tuple[int, ...]:
+        """The other trials per rung (``m_0 = configs - protected``, ``m_(k+1) = max(1, m_k // eta)``)."""
+        return rung_sizes(self.configs - self.protected, self.eta, len(self.rung_steps))
 
     def cost(self) -> int:
         """Train steps the plan spends."""
-        return plan_cost(self.configs, self.eta, self.rung_steps)
+        return plan_cost(self.configs, self.eta, self.rung_steps, self.protected)
 
     def jobs(self) -> int:
         """Jobs the plan runs: one per trial and rung it trains."""
@@ -88,7 +97,8 @@ class RungPlan:
                     f"halving): {self.cost()} train steps of the budget {self.total_steps}")
         rungs = ", ".join(f"rung {k}: {n} trial{'s' if n != 1 else ''} to {r} steps"
                           for k, (n, r) in enumerate(zip(sizes, self.rung_steps)))
-        return (f"plan: {starts}; eta {self.eta}; {rungs} (promoted trials continue from their checkpoints); "
+        kept = f"; the {self.protected} portfolio trees train to the top" if self.protected else ""
+        return (f"plan: {starts}; eta {self.eta}; {rungs} (promoted trials continue from their checkpoints{kept}); "
                 f"{self.cost()} train steps of the budget {self.total_steps}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,8 +113,8 @@ def rung_sizes(configs: int, eta: int, rungs: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def plan_cost(configs: int, eta: int, rung_steps: tuple[int, ...]) -> int:
-    sizes = rung_sizes(configs, eta, len(rung_steps))
+def plan_cost(configs: int, eta: int, rung_steps: tuple[int, ...], protected: int = 0) -> int:
+    sizes = [protected + n for n in rung_sizes(configs - protected, eta, len(rung_steps))]
     previous = (0, *rung_steps[:-1])
     return sum(n * (r - p) for n, r, p in zip(sizes, rung_steps, previous))
 
@@ -123,6 +133,9 @@ def normalise_budget(raw: Any, source: str) -> dict[str, Any]:
                                       or not value > 0):
                 raise CampaignError(f"{source}: budget.max_gflops: expected a positive number of GFLOPs "
                                     f"(forward pass over one window) or null, got {value!r}")
+        elif key == "portfolio_to_top":
+            if not isinstance(value, bool):
+                raise CampaignError(f"{source}: budget.portfolio_to_top: expected true or false, got {value!r}")
         elif value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise CampaignError(f"{source}: budget.{key}: expected a non-negative integer, got {value!r}")
     old = "total_steps" not in raw
@@ -169,14 +182,15 @@ def make_plan(budget: dict[str, Any], portfolio: int, source: str = "budget") ->
         total = (portfolio + random_trees + refine) * steps[-1]
         return RungPlan(steps, budget["eta"], portfolio, random_trees, refine, total, "steps")
     total = budget["total_steps"]
+    protected = portfolio if budget["portfolio_to_top"] else 0
     fixed = portfolio + refine
     if budget["random_trees"] is not None:
         random_trees = budget["random_trees"]
     else:  # as many random trees as the budget affords
         random_trees = 0
-        while plan_cost(fixed + random_trees + 1, budget["eta"], steps) <= total:
+        while plan_cost(fixed + random_trees + 1, budget["eta"], steps, protected) <= total:
             random_trees += 1
-    plan = RungPlan(steps, budget["eta"], portfolio, random_trees, refine, total, "rungs")
+    plan = RungPlan(steps, budget["eta"], portfolio, random_trees, refine, total, "rungs", protected)
     if plan.configs == 0:
         raise CampaignError(f"{source}: budget: no trial to train (no portfolio, no random trees): raise total_steps "
                             f"(one trial through every rung costs {steps[-1]} steps) or give random_trees")

@@ -207,7 +207,12 @@ class Campaign:
             rung = self.rung_of(int(steps))
             if rung is not None and value is not None:
                 values[rung] = float(value)
-        return Contender(key, values, int(attrs.get("target_rung", max(values, default=0))), done)
+        return Contender(key, values, int(attrs.get("target_rung", max(values, default=0))), done,
+                         self.is_protected(key))
+
+    def is_protected(self, key: str) -> bool:
+        """Whether the task's trial trains to the top rung without being halved (a portfolio tree, by default)."""
+        return key.startswith("portfolio:") and self.plan.protected > 0
 
     # ------------------------------------------------------------------ resume
     def reconcile(self) -> list[tuple[Running, Any]]:
@@ -393,7 +398,7 @@ class Campaign:
         while self._lost and len(out) < free:
             out.append(self._lost.popleft())
         if len(out) < free:
-            for contender, rung in promotions(list(self.contenders.values()), self.plan.promotions(), self.maximize,
+            for contender, rung in promotions(list(self.contenders.values()), self.plan.halved(), self.maximize,
                                               self.all_started):
                 if len(out) == free:
                     break
@@ -408,13 +413,13 @@ class Campaign:
             task = self._next_task()
             if task is None:
                 break
-            self.contenders[task.key] = Contender(task.key)
+            self.contenders[task.key] = Contender(task.key, protected=self.is_protected(task.key))
             out.append(RungJob(0, task=task))
         return out
 
     def is_finished(self) -> bool:
         """Nothing left to train: every trial started, none training, none to promote."""
-        return finished(list(self.contenders.values()), self.plan.promotions(), self.maximize, self.all_started)
+        return finished(list(self.contenders.values()), self.plan.halved(), self.maximize, self.all_started)
 
     # ------------------------------------------------------------------ submitting
     def _ask(self, task: Task) -> tuple[optuna.Study, optuna.trial.Trial, ModuleTree]:

@@ -13,7 +13,9 @@ good. :func:`promotions` says which paused trials go on to the next rung:
 - never more than the plan's ``n_(k+1)`` trials go past rung k (:func:`arborseg.campaign.budget.rung_sizes`),
   so the campaign spends its budget and no more.
 
-Higher rungs are served first (they hold the campaign's best trials). Pure Python; the driver keeps the
+Protected trials (the portfolio's known-good trees, unless ``budget.portfolio_to_top`` is false) go on at once, to the
+top, in slots of their own: they neither compete nor take a slot. Higher rungs are served first (they hold the
+campaign's best trials). Pure Python; the driver keeps the
 contenders in step with the Optuna storage (user attributes ``rung``, ``rung_values`` and ``target_rung``), so a
 restarted driver makes the same decisions.
 """
@@ -30,6 +32,7 @@ class Contender:
     values: dict[int, float] = field(default_factory=dict)  # rung index -> objective at the end of that rung
     target: int = 0  # the rung its latest (or next) job trains to
     done: bool = False  # COMPLETE, PRUNED or FAIL: no more training
+    protected: bool = False  # trains to the top rung without competing (a portfolio tree)
 
     @property
     def rung(self) -> int:
@@ -54,13 +57,16 @@ def promotions(contenders: Sequence[Contender], sizes: Sequence[int], maximize: 
                all_started: bool) -> list[tuple[Contender, int]]:
     """(contender, rung to train to) for every paused trial that goes on now, higher rungs first.
 
-    ``sizes``: the plan's trials per rung; ``all_started``: no new trial will start at the first rung."""
-    out: list[tuple[Contender, int]] = []
+    ``sizes``: the plan's trials per rung that compete (protected trials have slots of their own);
+    ``all_started``: no new trial will start at the first rung."""
+    out: list[tuple[Contender, int]] = [(c, c.rung + 1) for c in contenders
+                                        if c.protected and c.paused and c.rung < len(sizes) - 1]
+    competing = [c for c in contenders if not c.protected]
     closed = all_started
     for k in range(len(sizes) - 1):
         # rung k is closed when no trial still trains toward it (nor toward a lower rung: checked below first)
-        closed = closed and not any(c.training and c.target <= k for c in contenders)
-        reached = [c for c in contenders if k in c.values]
+        closed = closed and not any(c.training and c.target <= k for c in competing)
+        reached = [c for c in competing if k in c.values]
         slots = sizes[k + 1] - sum(1 for c in reached if c.target > k)
         if slots <= 0:
             continue
