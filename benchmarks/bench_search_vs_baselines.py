@@ -103,18 +103,17 @@ PLATEAU_TOLERANCE = 0.03  # B is near its plateau when its eval-far mIoU at T/2 
 # busy while a campaign's top rung trains one trial alone).
 BUDGETS: dict[str, dict[str, Any]] = {
     # smoke test: a few minutes on 2 idle cores (rungs 2, 4, 8 steps; 2 random trees, not as many as fit)
-    "tiny": {"first_rung": 2, "eta": 2, "rungs": 3, "campaign_multiple": 3, "random_trees": 2, "refine_top": 1,
+    "tiny": {"first_rung": 2, "eta": 2, "rungs": 3, "campaign_multiple": 4, "random_trees": 2, "refine_top": 1,
              "refine_trials": 1, "batch": 2, "cap": True, "crop": {"vnc": 128, "isbi": 128},
              "local": {"slots": 3, "threads_per_job": 1, "campaign_workers": 2, "timeout_min": 60}},
-    # 3 datasets x 3 seeds in at most about 150 minutes on 2 idle cores (the estimate, printed first, says about
-    # 130, leaving room for its extrapolation of A from a 64 x 64 to its own 128 x 128 window); rungs 24, 72, 216
-    # steps: T = 216, the campaign 3 T = 648 steps (2 portfolio + 9 random trees + 1 x 2 refinements at the first
-    # rung, 4 at the second, 1 at the top)
-    "cpu_sh": {"first_rung": 24, "eta": 3, "rungs": 3, "campaign_multiple": 3, "refine_top": 1, "refine_trials": 2,
+    # 3 datasets x 3 seeds in about 2-3 hours on 2 idle cores (the estimate is printed first); rungs 24, 72, 216
+    # steps: T = 216, the campaign 4 T = 864 steps: the 2 portfolio trees train to the top (2 T), the other 2 T are
+    # halved among 6 random trees and 1 x 2 refinements (10 trials at the first rung, 4 at the second, 3 at the top)
+    "cpu_sh": {"first_rung": 24, "eta": 3, "rungs": 3, "campaign_multiple": 4, "refine_top": 1, "refine_trials": 2,
                "batch": 2, "cap": True, "crop": {"vnc": 256, "isbi": 256},
                "local": {"slots": 3, "threads_per_job": 1, "campaign_workers": 2, "timeout_min": 240}},
     # one GPU: rungs 1000, 3000, 9000 steps; two jobs share it, 8 CPU threads each
-    "gpu": {"first_rung": 1000, "eta": 3, "rungs": 3, "campaign_multiple": 3, "refine_top": 2, "refine_trials": 2,
+    "gpu": {"first_rung": 1000, "eta": 3, "rungs": 3, "campaign_multiple": 4, "refine_top": 2, "refine_trials": 2,
             "batch": 4, "cap": True, "crop": None,
             "local": {"slots": 2, "threads_per_job": 8, "campaign_workers": 2, "timeout_min": 24 * 60,
                       "gpus_per_node": 1}},
