@@ -24,9 +24,8 @@ on the same trial; after the last attempt the trial is FAIL.
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +84,6 @@ class Running:
 
     entry: Entry
     target: int
-    started: float = field(default_factory=time.time)
-
-    @property
-    def task(self) -> Task:
-        return self.entry.task
 
 def make_sampler(cfg: CampaignConfig, salt: int) -> optuna.samplers.BaseSampler:
     seed = (cfg.seed * 1_000_003 + salt) % 2**31

@@ -84,7 +84,3 @@ def finished(contenders: Sequence[Contender], sizes: Sequence[int], maximize: bo
     return all_started and not any(c.training for c in contenders) and \
         not promotions(contenders, sizes, maximize, all_started)
 
-
-def standing(contender: Contender) -> tuple[int, float]:
-    """How far a trial got: (highest rung, its value there); sort by it (with the direction applied to the value)."""
-    return contender.rung, contender.values.get(contender.rung, float("nan"))
