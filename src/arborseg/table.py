@@ -681,6 +681,13 @@ def campaign_rungs(table: pd.DataFrame, campaign: str) -> list[int]:
     return [int(c[len(RUNG_PREFIX):]) for c in rung_columns(group.columns) if group[c].notna().any()]
 
 
+def trained_trials(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of trained trials with a value: COMPLETE ones and PRUNED ones that finished a rung (successive
+    halving stopped them below the top; their folders hold the model of their last rung)."""
+    stopped = (table["state"] == "PRUNED") & table["rung"].notna() if "rung" in table else False
+    return table[((table["state"] == "COMPLETE") | stopped) & table["value"].notna()]
+
+
 def rank_correlations(table: pd.DataFrame) -> pd.DataFrame:
     """Is the cheap ranking trustworthy? For every campaign and every rung below its top one: how many trials
     reached it, and Spearman's rank correlation of their values at that rung with their values at the next

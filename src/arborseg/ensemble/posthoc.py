@@ -59,13 +59,12 @@ def candidate_trials(ctx: CampaignContext, regions: list[str], limit: int | None
     probabilities of every region in ``regions``, best first by the objective on validation (the best
     ``limit`` when given). Trials without probabilities (trained by an older arborseg) are left out with one
     log line."""
-    from arborseg.table import read_run, run_table
+    from arborseg.table import read_run, run_table, trained_trials
 
     table = run_table([], campaigns=[read_run(ctx.run_dir)])
     if table.empty or "state" not in table:
         raise CampaignError(f"{ctx.run_dir}: the campaign has no trials yet; run `arborseg search` first")
-    stopped = (table["state"] == "PRUNED") & table["rung"].notna() if "rung" in table else False
-    done = table[((table["state"] == "COMPLETE") | stopped) & table["value"].notna()]
+    done = trained_trials(table)
     done = done.sort_values(["value", "trial_id"], ascending=[ctx.direction != "maximize", True], kind="stable")
     out: list[MemberSpec] = []
     without: list[int] = []

@@ -70,7 +70,7 @@ def top_trees(ctx: CampaignContext, k: int) -> list[TreeChoice]:
     """The ``k`` best distinct trees (by tree id) of the campaign's trained trials: those that got furthest in the
     rungs first (COMPLETE at the top rung, then trials stopped below it, by rung), each group by the objective on
     validation in the campaign's direction. Fewer if the campaign has fewer; an error if it has none."""
-    from arborseg.table import read_run, run_table
+    from arborseg.table import read_run, run_table, trained_trials
 
     if k < 1:
         raise CampaignError(f"--top {k}: give at least 1 tree")
@@ -78,8 +78,7 @@ def top_trees(ctx: CampaignContext, k: int) -> list[TreeChoice]:
     if table.empty or "state" not in table:
         raise CampaignError(f"{ctx.run_dir}: the campaign has no trials yet; run `arborseg search` first")
     rung = table["rung"] if "rung" in table else 0
-    stopped = (table["state"] == "PRUNED") & table["rung"].notna() if "rung" in table else False
-    done = table[((table["state"] == "COMPLETE") | stopped) & table["value"].notna()].assign(_rung=rung)
+    done = trained_trials(table).assign(_rung=rung)
     done = done.sort_values(["_rung", "value", "trial_id"], ascending=[False, ctx.direction != "maximize", True],
                             kind="stable")
     out: list[TreeChoice] = []
