@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from arborseg.errors import TreeError
+from arborseg.nn.crf import AppearanceKernel, CRF3d, ImageFacts
 from arborseg.nn.layers import Dims, SliceWise, activation, conv_unit
 from arborseg.space.catalog import MODULE_SPECS
 from arborseg.tree import ModuleNode
@@ -37,6 +37,7 @@ def register_builder(name: str) -> Callable[[Builder], Builder]:
 @dataclass
 class BuildContext:
     n_classes: int
+    image_facts: ImageFacts = ImageFacts()  # what a CRF's appearance kernel starts from
 
     def build(self, node: ModuleNode, cin: int) -> tuple[nn.Module, int]:
         if node.type not in BUILDERS:
@@ -238,42 +239,14 @@ def build_predictor(node: ModuleNode, cin: int, ctx: BuildContext) -> tuple[nn.M
     return nn.Conv3d(cin, ctx.n_classes, 1), ctx.n_classes
 
 
-class CRF3d(nn.Module):
-    """CRF-as-RNN mean-field refinement (after Zheng et al. 2015), spatial kernel only.
-
-    Each iteration: Q = softmax(U_t); messages = per-class learnable 3D filter of Q (initialised
-    as an anisotropic Gaussian with a zero centre); pairwise = learnable 1x1x1 compatibility
-    transform (initialised to the Potts model); U_{t+1} = U - pairwise. The bilateral
-    (appearance) kernel of the original is left out: this is the documented approximation.
-    """
-
-    def __init__(self, n_classes: int, iterations: int, kernel: int, sigma: float) -> None:
-        super().__init__()
-        self.iterations = iterations
-        self.spatial = nn.Conv3d(n_classes, n_classes, (3, kernel, kernel), padding=(1, kernel // 2, kernel // 2),
-                                 groups=n_classes, bias=False)
-        self.compat = nn.Conv3d(n_classes, n_classes, 1, bias=False)
-        with torch.no_grad():
-            zz, yy, xx = torch.meshgrid(torch.arange(3) - 1.0, torch.arange(kernel) - kernel // 2.0,
-                                        torch.arange(kernel) - kernel // 2.0, indexing="ij")
-            g = torch.exp(-(yy ** 2 + xx ** 2) / (2 * sigma ** 2) - zz ** 2 / (2 * (sigma / 2) ** 2))
-            g[1, kernel // 2, kernel // 2] = 0.0
-            self.spatial.weight.copy_((g / g.sum()).expand(n_classes, 1, *g.shape))
-            potts = 1.0 - torch.eye(n_classes)
-            self.compat.weight.copy_(potts.view(n_classes, n_classes, 1, 1, 1))
-
-    def forward(self, unary: torch.Tensor) -> torch.Tensor:
-        logits = unary
-        for _ in range(self.iterations):
-            q = F.softmax(logits, dim=1)
-            logits = unary - self.compat(self.spatial(q))
-        return logits
-
-
 @register_builder("crf3d")
 def build_crf3d(node: ModuleNode, cin: int, ctx: BuildContext) -> tuple[nn.Module, int]:
     if cin != ctx.n_classes:
         raise TreeError(f"crf3d needs one input channel per class ({ctx.n_classes}) but gets {cin}; "
                         "put it right after a predictor")
     p = node.p
-    return CRF3d(ctx.n_classes, p["iterations"], p["spatial_kernel"], p["spatial_sigma"]), ctx.n_classes
+    appearance = None
+    if node.get("kernels", "spatial") == "spatial+appearance":
+        appearance = AppearanceKernel(ctx.n_classes, node.get("appearance_kernel", 5),
+                                      node.get("appearance_sigma", 2.0), ctx.image_facts)
+    return CRF3d(ctx.n_classes, p["iterations"], p["spatial_kernel"], p["spatial_sigma"], appearance), ctx.n_classes

@@ -13,6 +13,7 @@ from torch import nn
 from arborseg.errors import WindowError
 from arborseg.log import get_logger
 from arborseg.nn.blocks import BuildContext, EncoderDecoder
+from arborseg.nn.crf import CRF3d, ImageFacts
 from arborseg.nn.supervision import DeepSupervisionHeads, head_parameter_ids, supervised_encoder_decoder
 from arborseg.tree import ModuleTree
 
@@ -63,14 +64,17 @@ class ArborNet(nn.Module):
     are those of the network without heads; a state_dict with head weights loads into a network without them.
     """
 
-    def __init__(self, tree: ModuleTree, n_classes: int, in_channels: int = 1, deep_supervision: bool = False) -> None:
+    def __init__(self, tree: ModuleTree, n_classes: int, in_channels: int = 1, deep_supervision: bool = False,
+                 image_facts: ImageFacts | None = None) -> None:
         super().__init__()
         self.tree = tree
         self.n_classes = n_classes
         self.in_channels = in_channels
         self.multiple = window_multiple(tree)
-        self.body, out = BuildContext(n_classes).build(tree.root, in_channels)
+        self.body, out = BuildContext(n_classes, image_facts or ImageFacts()).build(tree.root, in_channels)
         assert out == n_classes, f"network ends with {out} channels, expected {n_classes}"
+        # modules that see the input image as well as their input (a CRF's appearance kernel)
+        self._image_users = [m for m in self.body.modules() if isinstance(m, CRF3d) and m.needs_image]
         self.aux_heads: DeepSupervisionHeads | None = None
         self._tap_name = ""
         self._aux: tuple[list[torch.Tensor], int] | None = None
@@ -92,6 +96,15 @@ class ArborNet(nn.Module):
             raise WindowError(f"{self.tree.name} expects input (N, {self.in_channels}, Z, Y, X), got {tuple(x.shape)}")
         if any(s % m or (m > 1 and s < 2 * m) for s, m in zip(x.shape[2:], self.multiple)):
             check_window(self.tree, tuple(x.shape[2:]))
+        for user in self._image_users:
+            user.image = x
+        try:
+            return self._body(x)
+        finally:
+            for user in self._image_users:
+                user.image = None
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
         if self.aux_heads is None or not self.training:
             return self.body(x)
         tapped = self.body.get_submodule(self._tap_name)
@@ -127,10 +140,18 @@ class ArborNet(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def build_network(tree: ModuleTree, n_classes: int, in_channels: int = 1, deep_supervision: bool = False) -> ArborNet:
+def build_network(tree: ModuleTree, n_classes: int, in_channels: int = 1, deep_supervision: bool = False,
+                  image_facts: ImageFacts | None = None) -> ArborNet:
     """Build the PyTorch network of ``tree`` for ``n_classes`` output classes; ``deep_supervision``: with the
-    training-only heads of :class:`ArborNet` (the trainer asks for them when the tree's training value does)."""
-    return ArborNet(tree, n_classes, in_channels, deep_supervision)
+    training-only heads of :class:`ArborNet` (the trainer asks for them when the tree's training value does);
+    ``image_facts``: the data's voxel size and intensity spread, where a CRF's appearance kernel starts from
+    (trained weights carry them, so a network built to load weights needs none)."""
+    return ArborNet(tree, n_classes, in_channels, deep_supervision, image_facts)
+
+
+def uses_image_facts(tree: ModuleTree) -> bool:
+    """Whether the tree's network starts from :class:`ImageFacts` (it has a CRF with the appearance kernel)."""
+    return any(n.type == "crf3d" and n.get("kernels", "spatial") == "spatial+appearance" for n in tree.root.walk())
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -150,7 +171,8 @@ def count_flops(model: nn.Module, window: tuple[int, int, int], in_channels: int
             model(torch.zeros(1, in_channels, *window))
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops())
+    elementwise = sum(m.extra_flops(window, in_channels) for m in model.modules() if isinstance(m, CRF3d))
+    return int(counter.get_total_flops()) + elementwise
 
 
 def forward_gflops(tree: ModuleTree, n_classes: int = 2, window: tuple[int, int, int] | None = None) -> float:

@@ -165,11 +165,18 @@ for _spec in [
                inherited=CONV_INHERITED),
     ModuleSpec("predictor", "1x1 convolution to one channel per class",
                produces_classes=True),
-    ModuleSpec("crf3d", "CRF-as-RNN refinement: mean-field iterations with learnable spatial and "
-               "compatibility kernels (spatial-only approximation of Zheng et al. 2015)",
+    ModuleSpec("crf3d", "CRF-as-RNN refinement (Zheng et al. 2015): mean-field iterations with a learnable spatial "
+               "kernel, optionally an appearance (bilateral) kernel on the input image, and a learnable "
+               "compatibility transform",
                params=(_p("iterations", int, 5, low=1, high=10),
                        _p("spatial_kernel", int, 5, options=(3, 5, 7)),
-                       _p("spatial_sigma", float, 1.0, low=0.25, high=4.0)),
+                       _p("spatial_sigma", float, 1.0, low=0.25, high=4.0),
+                       _p("kernels", str, "spatial", options=("spatial", "spatial+appearance"),
+                          doc="spatial only, or spatial + appearance (exact bilateral over 3 x k x k)"),
+                       _p("appearance_kernel", int, 5, options=(3, 5, 7),
+                          doc="xy extent k of the appearance kernel's 3 x k x k neighbourhood"),
+                       _p("appearance_sigma", float, 2.0, low=0.5, high=8.0,
+                          doc="initial xy (and z) position bandwidth of the appearance kernel, xy voxels")),
                produces_classes=True, needs_classes=True),
 ]:
     register_module_spec(_spec)

@@ -24,7 +24,7 @@ from arborseg.device import autocast, is_out_of_memory, resolve_device
 from arborseg.errors import ArborsegError, TrainingError
 from arborseg.log import get_logger
 from arborseg.metrics import minimise
-from arborseg.nn import build_network, check_window, count_flops, count_parameters
+from arborseg.nn import ImageFacts, build_network, check_window, count_flops, count_parameters, uses_image_facts
 from arborseg.space.catalog import TRAINING_PARAMS
 from arborseg.train.losses import (
     class_weights,
@@ -134,8 +134,9 @@ class Trainer:
         check_window(tree, self.window)
         self.n_classes = len(data.classes)
         self.rng = seed_everything(settings.seed)
-        self.model = build_network(tree, self.n_classes,
-                                   deep_supervision=bool(self.values["deep_supervision"])).to(self.device)
+        self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # region -> (raw, labels)
+        self.model = build_network(tree, self.n_classes, deep_supervision=bool(self.values["deep_supervision"]),
+                                   image_facts=self._image_facts()).to(self.device)
         levels = self.model.deep_supervision_levels  # 0: no deep supervision (off, or no deep encoder-decoder)
         self.ds_weights = deep_supervision_weights(levels) if levels else None
         self.horizon = schedule_horizon(settings)
@@ -143,13 +144,20 @@ class Trainer:
         self.history: list[dict] = []
         self.step = 0
         self.train_seconds = 0.0
-        self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ data
+    def _image_facts(self) -> ImageFacts | None:
+        """The voxel size and training-image spread a CRF's appearance kernel starts from (None: not needed)."""
+        if not uses_image_facts(self.tree):
+            return None
+        raw, _ = self._region("train")
+        sample = raw.reshape(-1)[:: max(1, raw.size // 1_000_000)]  # a million voxels give the std to 0.1 %
+        return ImageFacts.of(self.data.voxel_size, float(np.std(sample)))
+
     def _sampler(self):
         from arborseg.data import Augmenter, PatchSampler, class_frequencies
 
-        raw, labels = self.data.load_region("train")
+        raw, labels = self._region("train")
         weights = None
         if self.settings.error_weighting:
             weights = self._error_weights(labels, self.settings.error_weighting)

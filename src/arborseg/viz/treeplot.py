@@ -8,7 +8,8 @@ from arborseg.tree import ModuleNode, ModuleTree
 
 COLOURS = {"2d": "#9ecae1", "thin3d": "#fdae6b", "3d": "#fc9272", None: "#e0e0e0"}
 SHOWN = ("depth", "width", "layers", "branches", "merge", "pooling", "upsampling", "skip_merge", "kernel_z",
-         "norm", "activation", "iterations", "width_growth", "dilation_growth", "dilation_base")
+         "norm", "activation", "iterations", "width_growth", "dilation_growth", "dilation_base", "kernels",
+         "appearance_kernel")
 CONTAINERS = ("sequence", "parallel", "residual", "repeat", "identity")
 
 
@@ -16,7 +17,8 @@ def _label(node: ModuleNode) -> str:
     p = node.p
     dims = p.get("dims")
     title = node.type + (f" [{dims}]" if dims and node.type not in CONTAINERS else "")
-    shown = [k for k in SHOWN if k in p and not (k == "kernel_z" and dims == "2d")]
+    shown = [k for k in SHOWN if k in p and not (k == "kernel_z" and dims == "2d")
+             and not (k == "appearance_kernel" and p.get("kernels") != "spatial+appearance")]
     details = [f"{k}={p[k]:.3g}" if isinstance(p[k], float) else f"{k}={p[k]}" for k in shown]
     lines, line = [], ""
     for item in details:
