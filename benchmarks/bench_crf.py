@@ -85,7 +85,7 @@ def run_one(dataset: str, variant: str, seed: int, args: argparse.Namespace) -> 
     shutil.rmtree(folder, ignore_errors=True)
     data = load_data_config(DATASETS[dataset])
     tree = variant_tree(variant)
-    settings = TrainSettings(steps=args.steps, eval_every=args.steps, seed=seed, device="cpu", amp=False,
+    settings = TrainSettings(steps=args.steps, eval_every=args.steps, seed=seed, device="cpu", precision="fp32",
                              objective="miou", overlays=False, num_threads=args.threads, eval_batch_size=1)
     trainer = Trainer(tree, data, settings, folder, progress=False)
     trainer.fit()

@@ -56,8 +56,8 @@ def step_times(amp: bool, steps: int, work: Path, device: str) -> dict:
 
     data = load_data_config(data_file())
     tree = ModuleTree.load(B_TREE)
-    settings = TrainSettings(steps=steps + 5, eval_every=10_000, checkpoint_every=10_000, amp=amp, device=device,
-                             overlays=False)
+    settings = TrainSettings(steps=steps + 5, eval_every=10_000, checkpoint_every=10_000,
+                             precision="auto" if amp else "fp32", device=device, overlays=False)
     trainer = Trainer(tree, data, settings, work / f"steps_amp{int(amp)}", progress=False)
     sampler = trainer._sampler()
     batch = int(trainer.values["batch_size"])
@@ -71,7 +71,7 @@ def step_times(amp: bool, steps: int, work: Path, device: str) -> dict:
         if i >= 5:
             times.append(time.perf_counter() - t0)
     times.sort()
-    return {"amp": amp, "batch": batch, "steps": steps, "median_s": round(times[len(times) // 2], 4),
+    return {"amp": amp, "precision": trainer.precision, "batch": batch, "steps": steps, "median_s": round(times[len(times) // 2], 4),
             "max_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if device.startswith("cuda")
             else None}
 

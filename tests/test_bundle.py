@@ -42,7 +42,7 @@ def write_ensemble_dir(root: Path, fusion: str = "weighted") -> Path:
     members = []
     for i, seed in enumerate(TREE_SEEDS):
         tree = space.sample(seed)
-        settings = TrainSettings(steps=2, eval_every=2, overlays=False, amp=False, device="cpu", seed=i)
+        settings = TrainSettings(steps=2, eval_every=2, overlays=False, precision="fp32", device="cpu", seed=i)
         train_and_score(tree, data, settings, root / "trials" / str(i), progress=False)
         members.append({"key": f"{tree.name}-s{i}", "tree_id": tree.id, "tree_name": tree.name,
                         "family": tree.family, "seed": i, "tree": f"trials/{i}/tree.yaml",

@@ -39,7 +39,7 @@ def tree(optimizer: str, schedule: str, lr: float) -> ModuleTree:
 
 def train(out, t: ModuleTree, steps: int, horizon: int | None) -> Trainer:
     settings = TrainSettings(steps=steps, schedule_steps=horizon, eval_every=7, checkpoint_every=1000,
-                             device="cpu", amp=False, num_threads=1, overlays=False,
+                             device="cpu", precision="fp32", num_threads=1, overlays=False,
                              augment={"flip": True, "rot90": True, "elastic": {"p": 0.5, "alpha": 10, "sigma": 4},
                                       "intensity": {"p": 0.5}})
     trainer = Trainer(t, data(), settings, out, progress=False)

@@ -195,7 +195,7 @@ def test_image_facts_come_from_the_voxel_size_and_the_training_image(tmp_path):
         "synthetic": {"seed": 1, "shape": [8, 32, 32]}, "classes": ["interior", "membrane", "mito"],
         "voxel_size": [40, 5, 5], "membrane_class": 1,
         "regions": {"train": {"z": [0, 4]}, "validation": {"z": [4, 7]}}}, source="test")
-    settings = TrainSettings(steps=2, eval_every=2, device="cpu", amp=False, num_threads=1, overlays=False)
+    settings = TrainSettings(steps=2, eval_every=2, device="cpu", precision="fp32", num_threads=1, overlays=False)
     trainer = Trainer(crf_tree(), data, settings, tmp_path, progress=False)
     crf = next(m for m in trainer.model.modules() if isinstance(m, CRF3d))
     raw, _ = data.load_region("train")

@@ -178,7 +178,7 @@ def data() -> DataConfig:
 
 def train(out: Path, t: ModuleTree, steps: int, overrides: dict | None = None) -> Trainer:
     settings = TrainSettings(steps=steps, schedule_steps=8, eval_every=100, checkpoint_every=1000, device="cpu",
-                             amp=False, num_threads=1, overlays=False, overrides=overrides or {},
+                             precision="fp32", num_threads=1, overlays=False, overrides=overrides or {},
                              augment={"flip": True})
     trainer = Trainer(t, data(), settings, out, progress=False)
     trainer.fit()

@@ -35,6 +35,7 @@ column                         meaning
 ``train_seconds``, ``steps``,  training time, steps, seed, attempt (retries), last reported step
 ``seed``, ``attempt``,
 ``last_step``
+``precision``                  the arithmetic the trial trained in: ``fp32``, ``bf16`` or ``fp16``
 ``duration_s``, ``started``    wall time of the trial in the driver, its start
 ``fail_reason``,               why a trial failed or was pruned
 ``prune_reason``
@@ -78,8 +79,8 @@ from arborseg.runs import RunFolder, TrialFolder, find_run_dirs, load_tree
 
 BASE_COLUMNS = ["campaign", "study", "phase", "trial", "trial_id", "task", "state", "value", "rung", "steps_trained",
                 "tree_name", "tree_id", "base_tree_name", "base_tree_id", "family", "depth", "width", "window_z",
-                "params", "flops_per_voxel", "steps", "train_seconds", "seed", "attempt", "last_step", "duration_s",
-                "started", "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
+                "params", "flops_per_voxel", "steps", "train_seconds", "precision", "seed", "attempt", "last_step",
+                "duration_s", "started", "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
 TAIL_COLUMNS = ["duration_s", "started", "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
 REGIONS = ("validation", "eval_near", "eval_far")
 STATE_ORDER = {"COMPLETE": 0, "ENSEMBLE": 0, "PRUNED": 1, "PAUSED": 2, "RUNNING": 3, "WAITING": 4, "FAIL": 5}
@@ -196,7 +197,8 @@ def trial_row(campaign: str, study: str, trial, folder: RunFolder | None = None)
         "tree_name": attrs.get("tree_name"), "tree_id": attrs.get("tree_id"),
         "base_tree_id": attrs.get("parent_tree_id") or attrs.get("tree_id"), "family": attrs.get("family"),
         "params": attrs.get("params"), "flops_per_voxel": attrs.get("flops_per_voxel"), "steps": attrs.get("steps"),
-        "train_seconds": attrs.get("train_seconds"), "seed": attrs.get("seed"), "attempt": attrs.get("attempt"),
+        "train_seconds": attrs.get("train_seconds"), "precision": attrs.get("precision"), "seed": attrs.get("seed"),
+        "attempt": attrs.get("attempt"),
         "last_step": steps_seen[-1] if steps_seen else None,
         "duration_s": trial.duration.total_seconds() if trial.duration else math.nan,
         "started": trial.datetime_start,

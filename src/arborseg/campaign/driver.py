@@ -521,6 +521,7 @@ class Campaign:
             attrs = {key: getattr(result, key) for key in ("params", "flops_per_voxel", "train_seconds", "steps",
                                                            "seed")}
             attrs |= {"metrics": result.regions, "rung": rung, "steps_trained": result.steps, "paused": False,
+                      "precision": result.record.get("precision", "fp32"),
                       "rung_values": {str(self.plan.rung_steps[k]): v for k, v in sorted(contender.values.items())}}
             if rung < self.plan.top:
                 attrs["paused"] = True

@@ -6,6 +6,7 @@ import argparse
 
 from arborseg.cli.options import require_positive
 from arborseg.errors import ArborsegError
+from arborseg.train.settings import PRECISIONS
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -22,7 +23,7 @@ def _train(args: argparse.Namespace) -> int:
     tree = ModuleTree.load(args.tree)
     data = load_data_config(args.data)
     settings = {"steps": args.steps, "seed": args.seed, "device": args.device, "objective": args.objective,
-                "eval_every": args.eval_every or max(1, args.steps // 5)}
+                "eval_every": args.eval_every or max(1, args.steps // 5), "precision": args.precision}
     overrides = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -40,7 +41,8 @@ def _train(args: argparse.Namespace) -> int:
     for region, scores in result["regions"].items():
         keys = [k for k in ("miou", "fg_iou", "fn_401", "fp_401", "rand_error") if k in scores]
         print(f"{region:11s} " + "  ".join(f"{k}={scores[k]:.4f}" for k in keys))
-    print(f"trained {result['steps']} steps in {result['train_seconds']:.1f}s; artifacts in {out}/")
+    print(f"trained {result['steps']} steps in {result['train_seconds']:.1f}s ({result['precision']}); "
+          f"artifacts in {out}/")
     return 0
 
 
@@ -53,6 +55,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default runs/train/<tree name>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="training arithmetic: auto (bf16 on GPUs and on CPUs with native bfloat16, else fp32), "
+                        "fp32, bf16, fp16 (CUDA)")
     p.add_argument("--objective", default="fg_iou", help="validation metric reported while training")
     p.add_argument("--eval-every", type=int, help="validate every N steps (default steps/5)")
     p.add_argument("--batch-size", type=int, help="override the tree's batch size")

@@ -91,17 +91,18 @@ def load_member_model(model_path: Path):
 
 def predict_member(model_path: Path, data, regions: Sequence[str], settings, out_dir: Path) -> list[Path]:
     """Predict ``regions`` with the member's model (its own window) and save ``probs/<region>.npz`` (float16)."""
-    from arborseg.device import resolve_device
+    from arborseg.device import resolve_device, resolve_precision
     from arborseg.inference import predict_volume
 
     model, tree, saved = load_member_model(model_path)
     device = resolve_device(settings.device)
+    reduced = resolve_precision(settings.precision, device)[1] is not None
     written = []
     for region in regions:
         raw, _ = data.load_region(region)
         probs = predict_volume(model, raw, tuple(saved["window"]), len(saved["classes"]), overlap=settings.overlap,
                                blending="gaussian", batch_size=settings.eval_batch_size, device=device,
-                               amp=settings.amp)
+                               amp=reduced)
         written.append(TrialFolder(out_dir).save_probs(region, probs))
     return written
 

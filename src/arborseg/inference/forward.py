@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from arborseg.device import autocast, resolve_precision
 from arborseg.errors import DataError
 from arborseg.inference.tiles import Slices, check_window, pad_to
 from arborseg.log import get_logger
@@ -24,8 +25,9 @@ __all__ = ["Model", "tile_probabilities", "channels_last_layout", "is_z_separabl
 
 
 def _model_call(model: Model, x: torch.Tensor, amp: bool, device: torch.device):
-    ctx = torch.autocast(device_type="cuda") if amp and device.type == "cuda" else contextlib.nullcontext()
-    with ctx:
+    """``model(x)``; ``amp``: under autocast in the reduced precision ``auto`` picks for the device (bf16 or fp16
+    on CUDA, bf16 on CPUs with native bfloat16, none elsewhere; :func:`arborseg.device.resolve_precision`)."""
+    with autocast(device, resolve_precision("auto", device)[1] if amp else None):
         return model(x)
 
 
@@ -123,7 +125,7 @@ def is_z_separable(models: Sequence[Any], window: Sequence[int], device: torch.d
     x_odd, x_even = x.clone(), x.clone()
     x_odd[:, :, 1::2] = torch.rand(x_odd[:, :, 1::2].shape, generator=gen)
     x_even[:, :, 0::2] = torch.rand(x_even[:, :, 0::2].shape, generator=gen)
-    rtol = 1e-2 if amp and device.type == "cuda" else 1e-4
+    rtol = 1e-2 if amp and resolve_precision("auto", device)[1] is not None else 1e-4
     try:
         return _z_separable_check(models, w, device, amp, channels_last, (x, x_odd, x_even), rtol)
     except Exception:  # the prediction itself will raise a clear error if the model cannot run

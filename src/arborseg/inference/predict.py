@@ -54,7 +54,9 @@ def predict_volume(
     z-slices independently (2D networks, thin 3D ones with z kernels of 1), compute each slice of each xy
     tile once instead of once per overlapping z-tile; the blending (and so the result, to float rounding)
     is unchanged. ``None`` checks the network (see :func:`~arborseg.inference.forward.is_z_separable`);
-    ``False`` never does it.
+    ``False`` never does it. ``amp``: run the network under autocast in the reduced precision ``auto`` picks
+    for the device (bf16/fp16 on CUDA, bf16 on CPUs with native bfloat16; float32 elsewhere); probabilities
+    are float32 either way.
     """
     shape = tuple(int(s) for s in getattr(volume, "shape", ()))
     if len(shape) != 3 or min(shape) < 1:

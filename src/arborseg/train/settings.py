@@ -13,6 +13,8 @@ from arborseg.errors import ArborsegError
 
 #: the regions a trial is scored on, in order
 EVAL_REGIONS = ("validation", "eval_near", "eval_far")
+#: arithmetic of training: auto (bf16 where native: CUDA, CPUs with AVX512-BF16/AMX; fp16 on older GPUs; else fp32)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclass
 class TrainSettings:
@@ -27,7 +29,7 @@ class TrainSettings:
     checkpoint_every: int = 50
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"  # one of PRECISIONS (arborseg.device.resolve_precision)
     objective: str = "fg_iou"
     fn_mode: Literal["2d", "3d"] = "2d"  # FN-n / FP-n components per slice or per volume
     overlap: float = 0.25
@@ -42,10 +44,15 @@ class TrainSettings:
     @classmethod
     def from_dict(cls, data: dict | None) -> TrainSettings:
         data = dict(data or {})
+        if "amp" in data:  # before precision existed: amp true = reduced precision where supported
+            amp = data.pop("amp")
+            data.setdefault("precision", "auto" if amp else "fp32")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
             raise ArborsegError(f"unknown training settings {sorted(unknown)}; valid: {sorted(known)}")
+        if data.get("precision", "auto") not in PRECISIONS:
+            raise ArborsegError(f"training setting precision {data['precision']!r} must be one of {list(PRECISIONS)}")
         if data.get("fn_mode", "2d") not in ("2d", "3d"):
             raise ArborsegError(f"training setting fn_mode {data['fn_mode']!r} must be 2d (FN-n components per slice) "
                                 "or 3d (per volume)")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from arborseg import runs
-from arborseg.device import autocast, is_out_of_memory, resolve_device
+from arborseg.device import autocast, is_out_of_memory, resolve_device, resolve_precision
 from arborseg.errors import ArborsegError, TrainingError
 from arborseg.log import get_logger
 from arborseg.metrics import minimise
@@ -128,6 +128,9 @@ class Trainer:
         self.progress = progress
         self.values = training_values(tree, settings.overrides)
         self.device = resolve_device(settings.device)
+        self.precision, self.autocast_dtype = resolve_precision(settings.precision, self.device)
+        # fp16 needs loss scaling (its range is small); bf16 and fp32 do not
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
         if settings.num_threads:
             torch.set_num_threads(settings.num_threads)
         self.window = tuple(tree.window)
@@ -186,6 +189,7 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(), "step": self.step, "history": self.history,
                  "train_seconds": self.train_seconds, "tree_id": self.tree.id,
                  "schedule_steps": self.settings.schedule_steps,
+                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                  "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
                          "python": random.getstate()}}
         tmp = self.checkpoint_path.with_suffix(".tmp")
@@ -207,6 +211,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.history = state["step"], state["history"]
         self.train_seconds = state.get("train_seconds", 0.0)
         self.rng.bit_generator.state = state["rng"]["numpy"]
@@ -257,9 +263,10 @@ class Trainer:
         yt = torch.from_numpy(y).to(self.device, non_blocking=True)
         wt = torch.from_numpy(w).to(self.device) if w is not None else None
         try:
-            with autocast(self.device, self.settings.amp):
+            with autocast(self.device, self.autocast_dtype):
                 logits = self.model(xt)
                 aux = self.model.deep_supervision_outputs() if self.ds_weights else []
+            logits, aux = logits.float(), [a.float() for a in aux]  # losses in float32
             if self.ds_weights:  # nnU-Net: the loss at every decoder level, full resolution first
                 loss = deep_supervision_loss([logits, *aux], self.ds_weights, yt, self.class_weight, wt,
                                              self.data.ignore_value, self.values["dice_weight"],
@@ -271,9 +278,16 @@ class Trainer:
                 raise TrainingError(f"loss became {loss.item()} at step {self.step + 1} of {self.tree.name}; "
                                     f"lower the learning rate (now {self.values['lr']:.2g}) or check the data")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
-            self.optimizer.step()
+            if self.scaler is None:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+                self.optimizer.step()
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+                self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+                self.scaler.update()
             self.scheduler.step()
         except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
             if is_out_of_memory(exc):
@@ -297,7 +311,7 @@ class Trainer:
         try:
             probs = predict_volume(self.model, raw, self.window, self.n_classes, overlap=self.settings.overlap,
                                    blending="gaussian", batch_size=self.settings.eval_batch_size,
-                                   device=self.device, amp=self.settings.amp)
+                                   device=self.device, amp=self.autocast_dtype is not None)
         finally:
             self.model.train()
         return raw, labels, probs
@@ -364,6 +378,7 @@ def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: st
         "flops_per_voxel": count_flops(trainer.model.cpu(), tree.window) / math.prod(tree.window),
         "steps": trainer.step, "seed": settings.seed, "train_seconds": round(trainer.train_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3), "device": str(trainer.device),
+        "precision": trainer.precision,
         "objective": settings.objective,
         "objective_value": objective_value(validation, settings.objective) if settings.objective in validation else None,
         "training": trainer.values, "settings": asdict(settings), "regions": regions,
