@@ -67,6 +67,9 @@ def test_local_executor_two_workers(tmp_path):
     trials = trials_of(run_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert all(Path(t.user_attrs["log_path"]).parent.is_dir() for t in trials)
+    # a job in its own process records its start-up (interpreter, imports) beside the trial's own parts
+    assert all(t.user_attrs["time_split"]["startup"] > 0 and t.user_attrs["time_split"]["train"] > 0
+               for t in trials)
 
 
 def test_max_trials_then_resume(tmp_path):

@@ -36,6 +36,9 @@ column                         meaning
 ``seed``, ``attempt``,
 ``last_step``
 ``precision``                  the arithmetic the trial trained in: ``fp32``, ``bf16`` or ``fp16``
+``time.<part>``                where the seconds of the trial's last job went: ``time.startup``, ``time.setup``,
+                               ``time.data``, ``time.train``, ``time.validation``, ``time.evaluation``,
+                               ``time.figures`` (:mod:`arborseg.train.timings`)
 ``duration_s``, ``started``    wall time of the trial in the driver, its start
 ``fail_reason``,               why a trial failed or was pruned
 ``prune_reason``
@@ -76,6 +79,7 @@ import pandas as pd
 
 from arborseg.errors import CampaignError
 from arborseg.runs import RunFolder, TrialFolder, find_run_dirs, load_tree
+from arborseg.train.timings import PARTS as TIME_PARTS
 
 BASE_COLUMNS = ["campaign", "study", "phase", "trial", "trial_id", "task", "state", "value", "rung", "steps_trained",
                 "tree_name", "tree_id", "base_tree_name", "base_tree_id", "family", "depth", "width", "window_z",
@@ -205,6 +209,8 @@ def trial_row(campaign: str, study: str, trial, folder: RunFolder | None = None)
         "fail_reason": attrs.get("fail_reason"), "prune_reason": attrs.get("prune_reason"),
         "artifact_dir": artifact_dir, "run_dir": str(folder.path) if folder is not None else None,
     }
+    for part, seconds in (attrs.get("time_split") or {}).items():  # the last job's split (this rung)
+        row[f"time.{part}"] = seconds
     tree_cols, structural = _tree_columns(tree_file)
     if "depth" not in tree_cols and attrs.get("tree_name"):  # no tree file: the name says depth, width and z
         m = _NAME_RE.search(str(attrs["tree_name"]))
@@ -289,10 +295,11 @@ def order_columns(columns: list[str]) -> list[str]:
     tail = [c for c in TAIL_COLUMNS if c in cols]
     params = sorted(c for c in cols if c.startswith("param."))
     hps = sorted(c for c in cols if c.startswith("hp."))
-    known = set(head) | set(tail) | set(params) | set(hps)
+    times = [f"time.{part}" for part in TIME_PARTS if f"time.{part}" in cols]
+    known = set(head) | set(tail) | set(params) | set(hps) | set(times)
     metrics = sorted((c for c in cols if c not in known and "." in c), key=_metric_sort_key)
     other = [c for c in cols if c not in known and c not in metrics]
-    return head + params + hps + metrics + other + tail
+    return head + params + hps + metrics + other + times + tail
 
 
 def run_table(run_dirs: list[str | Path], campaigns: list[CampaignRun] | None = None,
@@ -760,6 +767,21 @@ def rung_lines(table: pd.DataFrame, steps: list[int]) -> list[str]:
     return lines
 
 
+def time_split_line(table: pd.DataFrame) -> str:
+    """Where the time of the trials' last jobs went, summed over trials: each part's share and its median per job
+    (``time.<part>`` columns); '' when no trial recorded a split."""
+    columns = [f"time.{part}" for part in TIME_PARTS if f"time.{part}" in table.columns]
+    if not columns:
+        return ""
+    seconds = table[columns].apply(pd.to_numeric, errors="coerce")
+    total = float(seconds.sum().sum())
+    if total <= 0:
+        return ""
+    parts = [f"{c.removeprefix('time.')} {100 * seconds[c].sum() / total:.0f}% ({seconds[c].median():.1f} s)"
+             for c in columns]
+    return f"time of the trials' last jobs ({total:,.0f} s; share, median per job): " + ", ".join(parts)
+
+
 def campaign_status(run_dir: str | Path) -> str:
     """Trials by state, the budget and each rung (reached, running, paused, promoted, stopped), the best so
     far, and what is running, paused or failed."""
@@ -787,6 +809,10 @@ def campaign_status(run_dir: str | Path) -> str:
         best = done.sort_values("value", ascending=not maximize).iloc[0]
         lines.append(f"best: trial {best['trial_id']} {best['tree_name']} ({best['family']}) "
                      f"{objective}={best['value']:.4f}")
+
+    split = time_split_line(table)
+    if split:
+        lines.append(split)
 
     def at(i: Any) -> str:
         return f"rung {int(i)} ({steps[int(i)]:,} steps)" if pd.notna(i) and 0 <= int(i) < len(steps) else "?"

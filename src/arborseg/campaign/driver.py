@@ -522,6 +522,7 @@ class Campaign:
                                                            "seed")}
             attrs |= {"metrics": result.regions, "rung": rung, "steps_trained": result.steps, "paused": False,
                       "precision": result.record.get("precision", "fp32"),
+                      "time_split": result.record.get("timings", {}),
                       "rung_values": {str(self.plan.rung_steps[k]): v for k, v in sorted(contender.values.items())}}
             if rung < self.plan.top:
                 attrs["paused"] = True

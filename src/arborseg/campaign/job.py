@@ -45,8 +45,11 @@ class TrialJob(CheckpointableJob):
     def run(self) -> TrialOutcome:
         from arborseg.runs import TrialFolder
         from arborseg.train.settings import TrainSettings
+        from arborseg.train.timings import job_timings
         from arborseg.train.trainer import train_and_score
         from arborseg.tree import ModuleTree
+
+        timings = job_timings()
 
         out = Path(self.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +58,8 @@ class TrialJob(CheckpointableJob):
                 settings = TrainSettings.from_dict(self.settings)
                 tree = ModuleTree.load(self.tree_file)
                 reporter = self._reporter()
-                result = train_and_score(tree, load_data(self.data), settings, out, reporter, progress=False)
+                result = train_and_score(tree, load_data(self.data), settings, out, reporter, progress=False,
+                                         timings=timings)
                 TrialFolder(out).keep_rung_probs(result["steps"])  # this rung's validation probabilities
                 return TrialOutcome.complete(result)
             except TrialPruned as exc:

@@ -35,6 +35,7 @@ from arborseg.train.losses import (
 )
 from arborseg.train.result import NullReporter, Reporter, TrialPruned
 from arborseg.train.settings import EVAL_REGIONS, TrainSettings
+from arborseg.train.timings import Timings
 from arborseg.tree import ModuleTree
 
 log = get_logger(__name__)
@@ -120,7 +121,9 @@ class Trainer:
     """Fits one tree on one data config; evaluation and artifacts on request."""
 
     def __init__(self, tree: ModuleTree, data, settings: TrainSettings, out_dir: str | Path,
-                 reporter: Reporter | None = None, progress: bool = True) -> None:
+                 reporter: Reporter | None = None, progress: bool = True, timings: Timings | None = None) -> None:
+        self.timings = timings or Timings()  # where this job's time goes (arborseg.train.timings)
+        started, data_before = time.perf_counter(), self.timings.seconds.get("data", 0.0)
         self.tree, self.data, self.settings = tree, data, settings
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -147,6 +150,8 @@ class Trainer:
         self.history: list[dict] = []
         self.step = 0
         self.train_seconds = 0.0
+        data_seconds = self.timings.seconds.get("data", 0.0) - data_before
+        self.timings.add("setup", time.perf_counter() - started - data_seconds)
 
     # ------------------------------------------------------------------ data
     def _image_facts(self) -> ImageFacts | None:
@@ -226,36 +231,40 @@ class Trainer:
         """Train for ``settings.steps`` steps (continuing from a checkpoint when there is one)."""
         from tqdm.auto import tqdm
 
-        self.try_resume()
+        with self.timings.part("setup"):
+            self.try_resume()
         s = self.settings
         if self.step >= s.steps:
             return
-        sampler = self._sampler()
+        with self.timings.part("data"):
+            sampler = self._sampler()
         batch_size = int(self.values["batch_size"])
         self.model.train()
         bar = tqdm(total=s.steps, initial=self.step, desc=self.tree.name, disable=not self.progress,
                    unit="step", leave=False)
         started = time.perf_counter()
-        try:
-            while self.step < s.steps:
-                x, y, w = sampler.sample_batch(batch_size)
-                loss = self._train_step(x, y, w)
-                self.step += 1
-                self.history.append({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]})
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                if self.step % s.eval_every == 0 or self.step == s.steps:
-                    self.train_seconds += time.perf_counter() - started
-                    value = self.validate()
-                    started = time.perf_counter()
-                    bar.set_postfix(loss=f"{loss:.4f}", **{s.objective: f"{value:.4f}"})
-                    if self.step < s.steps and self.reporter.report(self.step, value):
+        with self.timings.part("train"):  # validation inside is charged to its own part
+            try:
+                while self.step < s.steps:
+                    x, y, w = sampler.sample_batch(batch_size)
+                    loss = self._train_step(x, y, w)
+                    self.step += 1
+                    self.history.append({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]})
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                    if self.step % s.eval_every == 0 or self.step == s.steps:
+                        self.train_seconds += time.perf_counter() - started
+                        with self.timings.part("validation"):
+                            value = self.validate()
+                        started = time.perf_counter()
+                        bar.set_postfix(loss=f"{loss:.4f}", **{s.objective: f"{value:.4f}"})
+                        if self.step < s.steps and self.reporter.report(self.step, value):
+                            self.save_checkpoint()
+                            raise TrialPruned(f"pruned at step {self.step} ({s.objective}={value:.4f})")
+                    if self.step % s.checkpoint_every == 0 or self.step == s.steps:
                         self.save_checkpoint()
-                        raise TrialPruned(f"pruned at step {self.step} ({s.objective}={value:.4f})")
-                if self.step % s.checkpoint_every == 0 or self.step == s.steps:
-                    self.save_checkpoint()
-        finally:
-            bar.close()
+            finally:
+                bar.close()
         self.train_seconds += time.perf_counter() - started
 
     def _train_step(self, x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
@@ -299,7 +308,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def _region(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self._eval_cache:
-            self._eval_cache[name] = self.data.load_region(name)
+            with self.timings.part("data"):
+                self._eval_cache[name] = self.data.load_region(name)
         return self._eval_cache[name]
 
     def predict_region(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -349,9 +359,10 @@ class Trainer:
             if self.settings.overlays and name != "validation":
                 raw, labels = self._region(name)
                 z = raw.shape[0] // 2
-                error_overlay(raw[z], pred[z], labels[z], self.out / runs.OVERLAYS_DIR / f"{name}_z{z}.png",
-                              title=f"{self.tree.name} {name} z={z}", background=self.data.background_class,
-                              ignore_value=self.data.ignore_value)
+                with self.timings.part("figures"):
+                    error_overlay(raw[z], pred[z], labels[z], self.out / runs.OVERLAYS_DIR / f"{name}_z{z}.png",
+                                  title=f"{self.tree.name} {name} z={z}", background=self.data.background_class,
+                                  ignore_value=self.data.ignore_value)
         return results
 
     def save_model(self) -> Path:
@@ -361,16 +372,21 @@ class Trainer:
 
 
 def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: str | Path,
-                    reporter: Reporter | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train ``tree`` on ``data`` and write every artifact; return the result record (also metrics.json)."""
+                    reporter: Reporter | None = None, progress: bool = True,
+                    timings: Timings | None = None) -> dict[str, Any]:
+    """Train ``tree`` on ``data`` and write every artifact; return the result record (also metrics.json).
+    ``timings``: where to add the time of each part (a job passes its own, with its start-up in it); the record's
+    ``timings`` holds them (:mod:`arborseg.train.timings`)."""
     from arborseg.viz.figures import learning_curve
 
-    trainer = Trainer(tree, data, settings, out_dir, reporter, progress)
+    trainer = Trainer(tree, data, settings, out_dir, reporter, progress, timings)
     started = time.perf_counter()
     trainer.fit()
-    trainer.save_model()
-    regions = trainer.evaluate()
-    learning_curve(trainer.history, trainer.out / runs.LEARNING_CURVE_FILE, settings.objective)
+    with trainer.timings.part("evaluation"):
+        trainer.save_model()
+        regions = trainer.evaluate()
+    with trainer.timings.part("figures"):
+        learning_curve(trainer.history, trainer.out / runs.LEARNING_CURVE_FILE, settings.objective)
     validation = regions.get("validation", {})
     result = {
         "tree_id": tree.id, "tree_name": tree.name, "family": tree.family, "depth": tree.depth,
@@ -378,7 +394,7 @@ def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: st
         "flops_per_voxel": count_flops(trainer.model.cpu(), tree.window) / math.prod(tree.window),
         "steps": trainer.step, "seed": settings.seed, "train_seconds": round(trainer.train_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3), "device": str(trainer.device),
-        "precision": trainer.precision,
+        "precision": trainer.precision, "timings": trainer.timings.to_dict(),
         "objective": settings.objective,
         "objective_value": objective_value(validation, settings.objective) if settings.objective in validation else None,
         "training": trainer.values, "settings": asdict(settings), "regions": regions,
