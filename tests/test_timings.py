@@ -38,7 +38,7 @@ def test_startup_only_for_jobs_in_their_own_process(monkeypatch):
     assert "startup" not in job_timings().to_dict()
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     if age is not None:
-        assert job_timings().to_dict()["startup"] >= age
+        assert job_timings().to_dict()["startup"] >= age - 0.001  # rounded to milliseconds
 
 
 def test_a_training_records_where_its_time_went(tmp_path):
