@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -23,6 +24,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+@functools.cache  # the hardware does not change; asked for every batch of tiles
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 / AMX, as oneDNN sees it); without it, bf16 on
     CPU is emulated and many times slower than float32."""

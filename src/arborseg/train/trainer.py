@@ -123,35 +123,33 @@ class Trainer:
     def __init__(self, tree: ModuleTree, data, settings: TrainSettings, out_dir: str | Path,
                  reporter: Reporter | None = None, progress: bool = True, timings: Timings | None = None) -> None:
         self.timings = timings or Timings()  # where this job's time goes (arborseg.train.timings)
-        started, data_before = time.perf_counter(), self.timings.seconds.get("data", 0.0)
-        self.tree, self.data, self.settings = tree, data, settings
-        self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.reporter = reporter or NullReporter()
-        self.progress = progress
-        self.values = training_values(tree, settings.overrides)
-        self.device = resolve_device(settings.device)
-        self.precision, self.autocast_dtype = resolve_precision(settings.precision, self.device)
-        # fp16 needs loss scaling (its range is small); bf16 and fp32 do not
-        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
-        if settings.num_threads:
-            torch.set_num_threads(settings.num_threads)
-        self.window = tuple(tree.window)
-        check_window(tree, self.window)
-        self.n_classes = len(data.classes)
-        self.rng = seed_everything(settings.seed)
-        self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # region -> (raw, labels)
-        self.model = build_network(tree, self.n_classes, deep_supervision=bool(self.values["deep_supervision"]),
-                                   image_facts=self._image_facts()).to(self.device)
-        levels = self.model.deep_supervision_levels  # 0: no deep supervision (off, or no deep encoder-decoder)
-        self.ds_weights = deep_supervision_weights(levels) if levels else None
-        self.horizon = schedule_horizon(settings)
-        self.optimizer, self.scheduler = make_optimizer(self.model, self.values, self.horizon)
-        self.history: list[dict] = []
-        self.step = 0
-        self.train_seconds = 0.0
-        data_seconds = self.timings.seconds.get("data", 0.0) - data_before
-        self.timings.add("setup", time.perf_counter() - started - data_seconds)
+        with self.timings.part("setup"):  # a region read inside is charged to "data"
+            self.tree, self.data, self.settings = tree, data, settings
+            self.out = Path(out_dir)
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.reporter = reporter or NullReporter()
+            self.progress = progress
+            self.values = training_values(tree, settings.overrides)
+            self.device = resolve_device(settings.device)
+            self.precision, self.autocast_dtype = resolve_precision(settings.precision, self.device)
+            # fp16 needs loss scaling (its range is small); bf16 and fp32 do not
+            self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+            if settings.num_threads:
+                torch.set_num_threads(settings.num_threads)
+            self.window = tuple(tree.window)
+            check_window(tree, self.window)
+            self.n_classes = len(data.classes)
+            self.rng = seed_everything(settings.seed)
+            self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # region -> (raw, labels)
+            self.model = build_network(tree, self.n_classes, deep_supervision=bool(self.values["deep_supervision"]),
+                                       image_facts=self._image_facts()).to(self.device)
+            levels = self.model.deep_supervision_levels  # 0: no deep supervision (off, or no deep encoder-decoder)
+            self.ds_weights = deep_supervision_weights(levels) if levels else None
+            self.horizon = schedule_horizon(settings)
+            self.optimizer, self.scheduler = make_optimizer(self.model, self.values, self.horizon)
+            self.history: list[dict] = []
+            self.step = 0
+            self.train_seconds = 0.0
 
     # ------------------------------------------------------------------ data
     def _image_facts(self) -> ImageFacts | None:
