@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("campaign",),
     ("table", "ensemble.manifest"),  # the ensemble manifest format: read by the run table, written by ensembles
     ("ensemble", "viz"),
-    ("bundle", "bootstrap"),
+    ("bundle", "bootstrap", "pretrain"),
     ("cli",),
 ]
 

@@ -41,6 +41,10 @@ class BundleError(ArborsegError):
     """An exported bundle is missing pieces or cannot be loaded."""
 
 
+class PretrainError(ArborsegError):
+    """A pre-training config is invalid, or a pre-trained encoder file cannot be loaded into a network."""
+
+
 def did_you_mean(word: object, valid: Iterable[str], otherwise: str = "valid") -> str:
     """The tail of a one-line error about an unknown name: ``; did you mean 'x'?`` for a close match, else the
     valid names (``otherwise="valid"``: `` (valid: a, b)``; ``"keys"``: ``; valid keys: a, b``; ``""``: nothing)."""

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from arborseg.errors import ArborsegError, CampaignError
 from arborseg.log import get_logger
+from arborseg.space.encoder_init import ENCODER_FILE, ENCODER_SPEC_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +64,13 @@ PROBS_SUFFIX = ".npz"  # np.savez_compressed of one float16 array; older members
 # an ensemble folder
 ENSEMBLE_FILE = "ensemble.json"
 MEMBERS_DIR = "members"
+# a pre-training run folder (runs/pretrain/<name>): checkpoint.pt and history.json as a trial's, and
+PRETRAIN_DIR = "pretrain"
+PRETRAIN_CONFIG = "pretrain.yaml"  # the config as run (a resumed run must match it)
+ENCODER_CHECKPOINT = ENCODER_FILE  # the query encoder in MoCo / CEM500K layout: what a tree's init loads
+ENCODER_DESCRIPTION = ENCODER_SPEC_FILE  # which module it belongs to and its values (space/encoder_init.py)
+LOSS_CURVE_FILE = "loss_curve.png"
+NEIGHBOURS_FILE = "neighbours.png"
 
 MODEL_KEYS = ("state_dict", "tree", "classes", "window", "normalizer")
 RESULT_FILES = (TREE_FILE, METRICS_FILE, HISTORY_FILE, LEARNING_CURVE_FILE)  # what a finished trial hands on

@@ -36,6 +36,7 @@ column                         meaning
 ``seed``, ``attempt``,
 ``last_step``
 ``precision``                  the arithmetic the trial trained in: ``fp32``, ``bf16`` or ``fp16``
+``encoder_init``               where the tree's encoders started: ``random`` or the pre-training run's name
 ``time.<part>``                where the seconds of the trial's last job went: ``time.startup``, ``time.setup``,
                                ``time.data``, ``time.train``, ``time.validation``, ``time.evaluation``,
                                ``time.figures`` (:mod:`arborseg.train.timings`)
@@ -79,11 +80,12 @@ import pandas as pd
 
 from arborseg.errors import CampaignError
 from arborseg.runs import RunFolder, TrialFolder, find_run_dirs, load_tree
+from arborseg.space.encoder_init import tree_init
 from arborseg.train.timings import PARTS as TIME_PARTS
 
 BASE_COLUMNS = ["campaign", "study", "phase", "trial", "trial_id", "task", "state", "value", "rung", "steps_trained",
                 "tree_name", "tree_id", "base_tree_name", "base_tree_id", "family", "depth", "width", "window_z",
-                "params", "flops_per_voxel", "steps", "train_seconds", "precision", "seed", "attempt", "last_step",
+                "encoder_init", "params", "flops_per_voxel", "steps", "train_seconds", "precision", "seed", "attempt", "last_step",
                 "duration_s", "started", "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
 TAIL_COLUMNS = ["duration_s", "started", "fail_reason", "prune_reason", "artifact_dir", "run_dir"]
 REGIONS = ("validation", "eval_near", "eval_far")
@@ -159,7 +161,8 @@ def _tree_columns(tree_file: str | None) -> tuple[dict[str, Any], set[str]]:
         tree = load_tree(tree_file)
     except (ArborsegError, OSError):
         return {}, set()
-    row = {"depth": tree.depth, "width": tree.width, "window_z": tree.window[0]}
+    row = {"depth": tree.depth, "width": tree.width, "window_z": tree.window[0],
+           "encoder_init": tree_init(tree.root.walk())}
     row.update({f"hp.{k}": v for k, v in tree.training})
     return row, set(tree.structural)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from arborseg.cli import bootstrap, bundle, ensemble, results, search, space, train
+from arborseg.cli import bootstrap, bundle, ensemble, pretrain, results, search, space, train
 from arborseg.errors import ArborsegError
 from arborseg.log import configure
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     space.add_parsers(sub)
     train.add_parsers(sub)
+    pretrain.add_parsers(sub)
     search.add_parsers(sub)  # search, status
     results.add_parsers(sub)  # table, plots, report
     ensemble.add_parsers(sub)

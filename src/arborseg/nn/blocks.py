@@ -15,6 +15,7 @@ from torch import nn
 from arborseg.errors import TreeError
 from arborseg.nn.crf import AppearanceKernel, CRF3d, ImageFacts
 from arborseg.nn.layers import Dims, SliceWise, activation, conv_unit
+from arborseg.nn.resnet import ResNetUNet2d
 from arborseg.space.catalog import MODULE_SPECS
 from arborseg.tree import ModuleNode
 
@@ -156,6 +157,8 @@ class EncoderDecoder(nn.Module):
         depth = p["depth"]
         self.dims = dims
         self.taps: list[torch.Tensor] | None = None
+        #: where the encoder (``encoders``, ``downs``) starts: "random" or a checkpoint (arborseg.nn.pretrained)
+        self.init_source = str(p.get("init", "random"))
         self.widths = [max(1, int(round(p["width"] * p["width_growth"] ** i))) for i in range(depth)]
         self.skip_merge = p["skip_merge"]
 
@@ -224,6 +227,13 @@ class SpatialPyramid(nn.Module):
         if self.pooling is not None:
             outs.append(self.pooling(x).expand_as(outs[0]))
         return self.project(torch.cat(outs, 1) if self.merge == "concat" else torch.stack(outs).sum(0))
+
+
+@register_builder("resnet_unet")
+def build_resnet_unet(node: ModuleNode, cin: int, ctx: BuildContext) -> tuple[nn.Module, int]:
+    module = ResNetUNet2d(cin, node.get("decoder_width", 16))
+    module.init_source = str(node.get("init", "random"))
+    return SliceWise(module), module.out_channels
 
 
 @register_builder("spatial_pyramid")

@@ -14,6 +14,7 @@ from arborseg.errors import WindowError
 from arborseg.log import get_logger
 from arborseg.nn.blocks import BuildContext, EncoderDecoder
 from arborseg.nn.crf import CRF3d, ImageFacts
+from arborseg.nn.resnet import RESNET_MULTIPLE
 from arborseg.nn.supervision import DeepSupervisionHeads, head_parameter_ids, supervised_encoder_decoder
 from arborseg.tree import ModuleTree
 
@@ -32,6 +33,8 @@ def window_multiple(tree: ModuleTree) -> tuple[int, int, int]:
             mxy = math.lcm(mxy, factor)
             if node.get("dims") == "3d":
                 mz = math.lcm(mz, factor)
+        elif node.type == "resnet_unet":
+            mxy = math.lcm(mxy, RESNET_MULTIPLE)
     return mz, mxy, mxy
 
 

@@ -155,8 +155,18 @@ for _spec in [
                        _p("pooling", str, "max", structural=True, options=("max", "strided")),
                        _p("upsampling", str, "transposed", structural=True,
                           options=("transposed", "interpolate")),
-                       _p("skip_merge", str, "concat", structural=True, options=("concat", "add"))),
+                       _p("skip_merge", str, "concat", structural=True, options=("concat", "add")),
+                       _p("init", str, "random", structural=True,
+                          doc="where the encoder starts: random, or a pre-trained encoder (`arborseg pretrain` run "
+                              "or checkpoint; its structure is taken from the checkpoint)")),
                inherited=CONV_INHERITED),
+    ModuleSpec("resnet_unet", "a ResNet-50 encoder (torchvision's layout, one input channel) in a U-Net decoder, "
+               "per slice; takes CEM500K's MoCo v2 weights",
+               params=(_p("encoder", str, "resnet50", structural=True, options=("resnet50",)),
+                       _p("decoder_width", int, 16, low=4, high=64,
+                          doc="width of the last decoder level (levels above: 2, 4, 8, 16 times it)"),
+                       _p("init", str, "random", structural=True,
+                          doc="random, or a ResNet-50 checkpoint (CEM500K's MoCo v2 file, `arborseg pretrain`)"))),
     ModuleSpec("spatial_pyramid", "parallel dilated branches (rates 1, base, base^2, ...) merged",
                params=(_p("branches", int, 4, structural=True, low=1, high=6),
                        _p("dilation_base", int, 2, low=2, high=6),
@@ -196,6 +206,10 @@ TRAINING_PARAMS: dict[str, ParamSpec] = {
         _p("class_weighting", str, "inverse_sqrt", options=("none", "inverse", "inverse_sqrt")),
         _p("deep_supervision", bool, False,
            doc="losses at the first encoder_decoder's decoder levels too, weights 1/2^i (nnU-Net); training only"),
+        _p("encoder_lr_scale", float, 1.0, low=1e-3, high=1.0,
+           doc="learning rate of pre-trained encoders relative to lr (fine-tuning; random starts ignore it)"),
+        _p("freeze_encoder_steps", int, 0, low=0, high=100_000,
+           doc="steps during which pre-trained encoders stay frozen (only the rest of the net trains)"),
     ]
 }
 

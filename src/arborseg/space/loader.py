@@ -27,6 +27,7 @@ import yaml
 
 from arborseg.errors import SpaceError, did_you_mean
 from arborseg.space.catalog import INHERITED, MODULE_SPECS, TRAINING_PARAMS, WINDOW_PARAMS, ParamSpec
+from arborseg.space.encoder_init import resolve_init
 from arborseg.space.values import Choice, Constant, FloatRange, IntRange, Times, Value
 
 TOP_KEYS = ("name", "description", "window", "training", "defaults", "definitions", "root", "portfolio")
@@ -263,12 +264,22 @@ class _Parser:
         return merged
 
     # ------------------------------------------------------------------ values
+    def resolved(self, spec: ParamSpec, value: Any, path: str) -> Any:
+        """An encoder's ``init``: a checkpoint path made absolute (relative to the space file, else the working
+        directory), so that a sampled tree finds it from any job; other values as they are."""
+        if spec.name != "init":
+            return value
+        try:
+            return resolve_init(value, (self.base_dir,))
+        except SpaceError as e:
+            raise self.fail(path, str(e).removeprefix("init: ")) from None
+
     def value(self, raw: Any, spec: ParamSpec, path: str, inheritable: bool) -> Value:
         if not isinstance(raw, dict):
             problem = spec.check(raw)
             if problem:
                 raise self.fail(path, problem)
-            return Constant(spec.coerce(raw))
+            return Constant(self.resolved(spec, spec.coerce(raw), path))
         keys = set(raw)
         forms = ("int", "float", "choice", "times")
         kinds = [k for k in forms if k in keys]
@@ -289,7 +300,8 @@ class _Parser:
                 problem = spec.check(option)
                 if problem:
                     raise self.fail(f"{path}.choice[{i}]", problem)
-            return Choice(tuple(spec.coerce(o) for o in options))
+            return Choice(tuple(self.resolved(spec, spec.coerce(o), f"{path}.choice[{i}]")
+                                for i, o in enumerate(options)))
         if kind == "times":
             if spec.kind not in (int, float) or not inheritable:
                 raise self.fail(f"{path}.times", f"'times' adjusts an inherited number; {spec.name} is not one")

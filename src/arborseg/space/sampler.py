@@ -16,6 +16,7 @@ import numpy as np
 
 from arborseg.log import get_logger
 from arborseg.space.catalog import INHERITED, MODULE_SPECS, TRAINING_PARAMS, WINDOW_PARAMS
+from arborseg.space.encoder_init import is_random, pinned_values
 from arborseg.space.loader import NodeSpec, OneOfSpec, SearchSpace, load_space
 from arborseg.space.values import Draw, RandomDraw, Times, Value
 from arborseg.tree import ModuleNode, ModuleTree
@@ -91,6 +92,10 @@ def _sample(node: NodeSpec | OneOfSpec, draw: Draw, context: dict[str, Any]) -> 
             own[key] = sampled
     params = {p.name: own.get(p.name, p.default) for p in spec.params}
     params.update({name: context.get(name, INHERITED[name].default) for name in spec.inherited})
+    if "init" in params:  # a pre-trained encoder fixes the encoder's structure
+        params.update({k: v for k, v in pinned_values(node.type, params["init"]).items() if k in params})
+        if is_random(params["init"]):  # the default stays out of the tree: trees (and ids) as before init existed
+            del params["init"]
     if node.type == "repeat":
         copies = tuple(_sample(_prefixed(node.children[0], f"{node.path}.body[{i}]"), draw, context)
                        for i in range(params["times"]))

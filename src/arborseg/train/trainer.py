@@ -25,7 +25,9 @@ from arborseg.errors import ArborsegError, TrainingError
 from arborseg.log import get_logger
 from arborseg.metrics import minimise
 from arborseg.nn import ImageFacts, build_network, check_window, count_flops, count_parameters, uses_image_facts
+from arborseg.nn.pretrained import LoadReport, initialise_encoders, pretrained_encoder_parameters, pretrained_modules
 from arborseg.space.catalog import TRAINING_PARAMS
+from arborseg.space.encoder_init import init_name
 from arborseg.train.losses import (
     class_weights,
     deep_supervision_loss,
@@ -77,9 +79,16 @@ def schedule_horizon(settings: TrainSettings) -> int:
     return horizon
 
 
-def make_optimizer(model: torch.nn.Module, values: dict, steps: int):
-    """The optimiser and LR scheduler; ``steps`` is the schedule's horizon (the scheduler is stepped once a step)."""
-    params, lr, decay = model.parameters(), values["lr"], values["weight_decay"]
+def make_optimizer(model: torch.nn.Module, values: dict, steps: int,
+                   encoder_params: list[torch.nn.Parameter] | None = None):
+    """The optimiser and LR scheduler; ``steps`` is the schedule's horizon (the scheduler is stepped once a step).
+    ``encoder_params``: pre-trained encoder weights, which learn at ``encoder_lr_scale`` times the rate."""
+    lr, decay = values["lr"], values["weight_decay"]
+    params: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr": lr}]
+    if encoder_params:
+        ids = {id(p) for p in encoder_params}
+        params = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr},
+                  {"params": list(encoder_params), "lr": lr * float(values["encoder_lr_scale"])}]
     optimizer: torch.optim.Optimizer
     if values["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(params, lr=lr, weight_decay=decay, momentum=SGD_MOMENTUM, nesterov=True)
@@ -88,9 +97,11 @@ def make_optimizer(model: torch.nn.Module, values: dict, steps: int):
         optimizer = cls(params, lr=lr, weight_decay=decay)
     scheduler: torch.optim.lr_scheduler.LRScheduler
     if values["schedule"] == "cosine":
+        # down to lr / 100 (for every parameter group: a pre-trained encoder's lower rate ends there too)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=lr * 0.01)
     elif values["schedule"] == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 2))
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in params],
+                                                        total_steps=max(steps, 2))
     elif values["schedule"] == "poly":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _PolyFactor(max(steps, 1)))
     else:
@@ -146,7 +157,11 @@ class Trainer:
             levels = self.model.deep_supervision_levels  # 0: no deep supervision (off, or no deep encoder-decoder)
             self.ds_weights = deep_supervision_weights(levels) if levels else None
             self.horizon = schedule_horizon(settings)
-            self.optimizer, self.scheduler = make_optimizer(self.model, self.values, self.horizon)
+            # encoders that start from pre-trained weights (tree value init): own LR, frozen for the first steps
+            self.encoder_params = pretrained_encoder_parameters(self.model)
+            self.init_reports: list[LoadReport] = []
+            self.optimizer, self.scheduler = make_optimizer(self.model, self.values, self.horizon,
+                                                            self.encoder_params)
             self.history: list[dict] = []
             self.step = 0
             self.train_seconds = 0.0
@@ -230,7 +245,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         with self.timings.part("setup"):
-            self.try_resume()
+            if not self.try_resume():
+                self.init_reports = initialise_encoders(self.model)  # a fresh start: load pre-trained encoders
         s = self.settings
         if self.step >= s.steps:
             return
@@ -265,7 +281,16 @@ class Trainer:
                 bar.close()
         self.train_seconds += time.perf_counter() - started
 
+    def _freeze_encoders(self) -> None:
+        """Pre-trained encoders learn only from step ``freeze_encoder_steps`` on (a function of the step alone, so
+        that continuing from a checkpoint freezes exactly the same steps)."""
+        trainable = self.step >= int(self.values["freeze_encoder_steps"])
+        for p in self.encoder_params:
+            p.requires_grad_(trainable)
+
     def _train_step(self, x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+        if self.encoder_params:
+            self._freeze_encoders()
         xt = torch.from_numpy(x).to(self.device, non_blocking=True)
         yt = torch.from_numpy(y).to(self.device, non_blocking=True)
         wt = torch.from_numpy(w).to(self.device) if w is not None else None
@@ -393,6 +418,7 @@ def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: st
         "steps": trainer.step, "seed": settings.seed, "train_seconds": round(trainer.train_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3), "device": str(trainer.device),
         "precision": trainer.precision, "timings": trainer.timings.to_dict(),
+        "encoder_init": encoder_init_name(trainer.model),
         "objective": settings.objective,
         "objective_value": objective_value(validation, settings.objective) if settings.objective in validation else None,
         "training": trainer.values, "settings": asdict(settings), "regions": regions,
@@ -401,6 +427,11 @@ def train_and_score(tree: ModuleTree, data, settings: TrainSettings, out_dir: st
     (trainer.out / runs.HISTORY_FILE).write_text(json.dumps(trainer.history))
     runs.save_tree(tree, trainer.out)
     return result
+
+
+def encoder_init_name(model: torch.nn.Module) -> str:
+    """How the net's encoders started, for tables: ``random``, or the pre-training run (or checkpoint file) name."""
+    return ", ".join(init_name(str(m.init_source)) for m in pretrained_modules(model)) or "random"
 
 
 def _json_default(value: Any) -> Any:

@@ -1,0 +1,267 @@
+"""Label efficiency of a pre-trained encoder: the same tree from a random start and from the encoder pre-trained
+on ``../shared/data/unlabeled``, trained on 1, 2, 4 and all training slices.
+
+Pre-training (MoCo v2, ``arborseg pretrain``'s code) runs once on both unlabeled volumes (VNC stack 2 and the
+ISBI 2012 test volume; neither overlaps a labeled set) for the encoder of the portfolio's nnU-Net-style 2D U-Net
+(``search_spaces/portfolio/unet2d_nnunet.yaml``, baseline B of the search benchmark, with its own recipe). Then,
+for VNC mitochondria and ISBI 2012 membranes, with the training region cut to its first 1, 2, 4 or all slices,
+3 seeds each: B from random weights and B with ``init`` = the pre-trained encoder, trained for the same ``steps``
+(the pre-trained one also scored half-way, from the same run: the schedule is planned for ``steps`` and
+continued). Reported: eval-far mIoU and FN-401 (mean ± std over seeds), the paired difference, whether the
+pre-trained start at ``steps / 2`` already reaches the random start's score at ``steps``, and the pre-training
+cost (one-off; every trial that names the run reuses it).
+
+    python benchmarks/bench_pretraining.py                 # everything (resumable: finished runs are reused)
+    python benchmarks/bench_pretraining.py --steps 20 --pretrain-steps 20 --seeds 1 --labels 1 --no-readme  # smoke
+
+Runs go to ``runs/bench_pretraining/``; results to ``benchmarks/results/pretraining.{json,csv,png}`` and the
+section "Pre-trained encoders: label efficiency" of ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _readme import cpu_model, update_readme
+
+from arborseg.data import DataConfig
+from arborseg.errors import DataError
+from arborseg.pretrain import PretrainConfig
+from arborseg.pretrain.run import pretrain
+from arborseg.train.settings import TrainSettings
+from arborseg.train.trainer import Trainer
+from arborseg.tree import ModuleTree
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+EXAMPLES = ROOT / "examples"
+DATASETS = {"vnc_mito": EXAMPLES / "vnc_mito.yaml", "isbi2012": EXAMPLES / "isbi2012_membrane.yaml"}
+TREE = ROOT / "search_spaces" / "portfolio" / "unet2d_nnunet.yaml"
+UNLABELED = ROOT.parent / "shared" / "data" / "unlabeled"
+REGION = "eval_far"
+INITS = ("random", "pretrained")
+
+
+def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
+    return PretrainConfig.from_dict({
+        "name": "bench_unet2d", "encoder": {"tree": str(TREE)}, "steps": args.pretrain_steps,
+        "volumes": [str(UNLABELED / "drosophila_vnc_stack2" / "raw.tif"), str(UNLABELED / "isbi2012_test" / "raw.tif")],
+        "batch_size": args.pretrain_batch, "patch": 64, "lr": 0.03, "moco": {"queue": 4096 // args.pretrain_batch
+                                                                             * args.pretrain_batch},
+        "checkpoint_every": 50, "seed": 0}, "bench_pretraining")
+
+
+def data_with_labels(dataset: str, slices: int | None) -> DataConfig:
+    """The dataset's example YAML with the training region cut to its first ``slices`` slices (None: all)."""
+    path = DATASETS[dataset]
+    mapping = yaml.safe_load(path.read_text())
+    train = mapping["regions"]["train"]
+    if slices is not None:
+        z0, z1 = train["z"]
+        train["z"] = [z0, min(z1, z0 + slices)]
+    return DataConfig.from_dict(mapping, str(path), path.parent)
+
+
+def tree_with_init(init: str) -> ModuleTree:
+    tree = ModuleTree.load(TREE)
+    if init == "random":
+        return tree
+    data = tree.to_dict()
+    data["root"]["children"][0]["init"] = init
+    data.pop("id", None)  # a new tree: the id follows the content
+    return ModuleTree.from_dict(data)
+
+
+def score(trainer: Trainer) -> dict[str, float]:
+    scores, _ = trainer.score_region(REGION)
+    return {"miou": float(scores["miou"]), "fn_401": float(scores["fn_401"])}
+
+
+def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Path, args: argparse.Namespace
+            ) -> dict[str, Any]:
+    """Train one (dataset, labels, init, seed); the pre-trained start is also scored at steps / 2."""
+    name = f"{labels or 'all'}"
+    folder = Path(args.out) / dataset / f"labels_{name}" / init / f"seed{seed}"
+    done = folder / "bench_pretraining.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    data = data_with_labels(dataset, labels)
+    tree = tree_with_init(str(encoder) if init == "pretrained" else "random")
+    row: dict[str, Any] = {"dataset": dataset, "labels": name, "train_slices": data.regions["train"].shape[0],
+                           "init": init, "seed": seed, "steps": args.steps}
+    started = time.perf_counter()
+    base = {"schedule_steps": args.steps, "eval_every": args.steps, "seed": seed, "device": "cpu",
+            "precision": "fp32", "objective": "miou", "overlays": False, "overrides": {"batch_size": args.batch}}
+    if init == "pretrained":  # half-way: the same run, scored, then continued on the same schedule
+        half = Trainer(tree, data, TrainSettings(steps=args.steps // 2, **base), folder, progress=False)
+        half.fit()
+        row.update({f"half_{k}": v for k, v in score(half).items()})
+    trainer = Trainer(tree, data, TrainSettings(steps=args.steps, **base), folder, progress=False)
+    trainer.fit()
+    row.update(score(trainer))
+    row["seconds"] = round(time.perf_counter() - started, 1)
+    done.write_text(json.dumps(row, indent=1))
+    print(f"{dataset} labels {name} {init} seed {seed}: mIoU {row['miou']:.4f}"
+          + (f" (half-way {row['half_miou']:.4f})" if "half_miou" in row else "")
+          + f", FN-401 {row['fn_401']:.2f}, {row['seconds']:.0f} s", flush=True)
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for dataset in DATASETS:
+        for labels in dict.fromkeys(r["labels"] for r in rows if r["dataset"] == dataset):
+            cell = [r for r in rows if r["dataset"] == dataset and r["labels"] == labels]
+            entry: dict[str, Any] = {"dataset": dataset, "labels": labels, "train_slices": cell[0]["train_slices"]}
+            for init in INITS:
+                mine = [r for r in cell if r["init"] == init]
+                for key in ("miou", "fn_401", "half_miou"):
+                    values = np.array([r[key] for r in mine if key in r], dtype=float)
+                    if len(values):
+                        entry[f"{init}.{key}"] = float(values.mean())
+                        entry[f"{init}.{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            by_seed = {r["seed"]: r for r in cell if r["init"] == "random"}
+            paired = [r["miou"] - by_seed[r["seed"]]["miou"] for r in cell
+                      if r["init"] == "pretrained" and r["seed"] in by_seed]
+            entry["gain"] = float(np.mean(paired)) if paired else math.nan
+            larger_std = max(entry.get("random.miou_std", math.nan), entry.get("pretrained.miou_std", math.nan))
+            entry["beats_by_more_than_std"] = bool(paired) and entry["gain"] > larger_std
+            entry["half_reaches_random"] = ("pretrained.half_miou" in entry and "random.miou" in entry
+                                            and entry["pretrained.half_miou"] >= entry["random.miou"])
+            out.append(entry)
+    return out
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
+    if mean is None or math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def plot(summary: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(DATASETS), figsize=(5 * len(DATASETS), 3.4), squeeze=False)
+    for ax, dataset in zip(axes[0], DATASETS):
+        cells = [e for e in summary if e["dataset"] == dataset]
+        x = [e["train_slices"] for e in cells]
+        for init, color in zip(INITS, ("0.4", "C1")):
+            y = [e.get(f"{init}.miou", math.nan) for e in cells]
+            err = [e.get(f"{init}.miou_std", 0.0) for e in cells]
+            ax.errorbar(x, y, yerr=err, marker="o", color=color, capsize=3, label=init)
+        half = [e.get("pretrained.half_miou", math.nan) for e in cells]
+        ax.plot(x, half, ls=":", marker=".", color="C1", label="pretrained, half the steps")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labeled training slices")
+        ax.set_ylabel(f"{REGION} mIoU")
+        ax.set_title(dataset)
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argparse.Namespace, wall: float) -> str:
+    lines = [
+        f"Command: `python benchmarks/bench_pretraining.py --steps {args.steps} --seeds {args.seeds} "
+        f"--pretrain-steps {args.pretrain_steps}`",
+        "",
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}; load "
+        f"average {os.getloadavg()[0]:.1f} at the end; {wall / 60:.0f} min for what was not already done.",
+        "",
+        f"Pre-training (one-off): MoCo v2 on both unlabeled volumes, the encoder of the portfolio's nnU-Net-style 2D "
+        f"U-Net, {pre['steps']} steps at batch {args.pretrain_batch}, 64 x 64 views: {pre['seconds'] / 60:.1f} min; "
+        f"InfoNCE loss {pre['loss_start']:.2f} -> {pre['loss_end']:.2f}, positive found "
+        f"{pre['accuracy_end']:.0%} of the time at the end (`runs/bench_pretraining/pretrain/`, with "
+        "`neighbours.png`).",
+        "",
+        f"Then that tree with its own recipe (SGD + poly, deep supervision), batch {args.batch}, {args.steps} steps, "
+        f"from random weights and from the pre-trained encoder, on the first 1, 2, 4 or all training slices; "
+        f"{REGION} mIoU and FN-401 (% of the region's voxels), mean ± std over {args.seeds} seeds. *gain*: paired "
+        "mIoU difference (pre-trained - random); *half*: the pre-trained run scored at half the steps.",
+        "",
+        "| dataset | slices | random mIoU | pre-trained mIoU | gain | > seed std | pre-trained at half | "
+        "reaches random's final at half | random FN-401 | pre-trained FN-401 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in summary:
+        lines.append(
+            f"| {e['dataset']} | {e['train_slices']} | {_pm(e.get('random.miou'), e.get('random.miou_std'))} | "
+            f"{_pm(e.get('pretrained.miou'), e.get('pretrained.miou_std'))} | {e['gain']:+.3f} | "
+            f"{'yes' if e['beats_by_more_than_std'] else 'no'} | "
+            f"{_pm(e.get('pretrained.half_miou'), e.get('pretrained.half_miou_std'))} | "
+            f"{'yes' if e['half_reaches_random'] else 'no'} | "
+            f"{_pm(e.get('random.fn_401'), e.get('random.fn_401_std'), 2)} | "
+            f"{_pm(e.get('pretrained.fn_401'), e.get('pretrained.fn_401_std'), 2)} |")
+    lines += ["", "![label efficiency](results/pretraining.png)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=300, help="training steps of every segmentation run")
+    ap.add_argument("--batch", type=int, default=2, help="batch size of the segmentation runs")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    ap.add_argument("--labels", nargs="+", default=["1", "2", "4", "all"], help="training slices (or 'all')")
+    ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    ap.add_argument("--pretrain-steps", type=int, default=600)
+    ap.add_argument("--pretrain-batch", type=int, default=32)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_pretraining"))
+    ap.add_argument("--no-readme", action="store_true", help="print only; do not update benchmarks/README.md")
+    args = ap.parse_args(argv)
+    if not (UNLABELED / "drosophila_vnc_stack2" / "raw.tif").exists():
+        raise SystemExit(f"the unlabeled volumes are not in {UNLABELED}: nothing to pre-train on")
+    started = time.perf_counter()
+    pre_dir = Path(args.out) / "pretrain"
+    summary_file = pre_dir / "summary.json"
+    pre_cfg = pretrain_config(args)
+    if summary_file.exists() and json.loads(summary_file.read_text())["steps"] >= args.pretrain_steps:
+        pre = json.loads(summary_file.read_text())
+    else:
+        pre = pretrain(pre_cfg, pre_dir, progress=True)
+    encoder = pre_dir / "encoder.pt"
+    rows = []
+    for dataset in args.datasets:
+        try:
+            data_with_labels(dataset, None)
+        except DataError as exc:
+            print(f"skipped {dataset}: {exc} (the EM data lives in ../shared/data)")
+            continue
+        for labels in args.labels:
+            n = None if labels == "all" else int(labels)
+            for seed in range(args.seeds):
+                for init in INITS:
+                    rows.append(run_one(dataset, n, init, seed, encoder, args))
+    summary = summarise(rows)
+    block = readme_block(summary, pre, args, time.perf_counter() - started)
+    print(block)
+    if not args.no_readme:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "pretraining.json").write_text(json.dumps({"rows": rows, "summary": summary, "pretrain": pre,
+                                                              "args": vars(args)}, indent=1, default=str))
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(RESULTS / "pretraining.csv", index=False)
+        plot(summary, RESULTS / "pretraining.png")
+        update_readme("Pre-trained encoders: label efficiency", block)
+
+
+if __name__ == "__main__":
+    main()

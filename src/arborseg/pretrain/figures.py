@@ -1,0 +1,127 @@
+"""Pictures of a pre-training: the loss curve, and nearest neighbours a person can judge the encoder by.
+
+The neighbours picture embeds a few hundred patches of the unlabeled volumes (no augmentation) with the
+pre-trained backbone and with the same backbone at its random start, and shows, for a few query patches, the
+five most similar other patches under each (cosine similarity of pooled features, centred over the patches;
+patches overlapping the query are left out). A useful encoder finds the same kind of structure (membrane, mitochondrion, vesicle
+cloud, cytoplasm) where a random one mostly matches brightness.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from arborseg.pretrain.run import Pretrainer
+
+CANDIDATES, QUERIES, SHOWN = 400, 4, 5
+
+
+def loss_curve(history: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Loss and top-1 accuracy (finding the positive among queue + 1) per step, with a running mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([h["step"] for h in history])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, key, label in zip(axes, ("loss", "accuracy"), ("InfoNCE loss", "top-1 accuracy of the positive")):
+        values = np.array([h[key] for h in history], dtype=float)
+        ax.plot(steps, values, color="0.75", lw=0.8)
+        if len(values) >= 10:
+            k = max(5, len(values) // 25)
+            smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], smooth, color="C0", lw=1.6, label=f"mean of {k}")
+            ax.legend(frameon=False)
+        ax.set_xlabel("step")
+        ax.set_title(label, fontsize=10)
+    fig.suptitle(f"pre-training {title}", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _patches(trainer: Pretrainer, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """CANDIDATES patches (N, Z, P, P) of the volumes, and where each lies (volume, z, y, x)."""
+    data, p = trainer.data, trainer.config.patch
+    patches, where = [], []
+    for _ in range(CANDIDATES):
+        i = int(rng.choice(len(data.volumes), p=data.weights))
+        volume, (z0, z1) = data.volumes[i], data.z_ranges[i]
+        z = int(rng.integers(z0, z1 - data.z + 1))
+        y, x = (int(rng.integers(0, s - p + 1)) for s in volume.shape[1:])
+        patches.append(data.normalizers[i].normalize(volume[z:z + data.z, y:y + p, x:x + p]))
+        where.append((i, z, y, x))
+    return np.stack(patches), where
+
+
+def _embed(branch: Any, patches: np.ndarray, device: Any) -> np.ndarray:
+    import torch
+
+    branch.eval()
+    out = []
+    with torch.no_grad():
+        for chunk in np.array_split(patches, max(1, len(patches) // 32)):
+            x = torch.from_numpy(np.ascontiguousarray(chunk)).unsqueeze(1).to(device)
+            out.append(branch.features(x).cpu().numpy())
+    branch.train()
+    features = np.concatenate(out)
+    features = features - features.mean(0)  # centred: pooled ReLU features share a large common part
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def _neighbours(emb: np.ndarray, where: list, query: int, patch: int) -> list[int]:
+    sims = emb @ emb[query]
+    vq, zq, yq, xq = where[query]
+    order = [j for j in np.argsort(-sims) if j != query]
+    keep = [j for j in order if not (where[j][0] == vq and where[j][1] == zq and abs(where[j][2] - yq) < patch
+                                     and abs(where[j][3] - xq) < patch)]
+    return keep[:SHOWN]
+
+
+def neighbours_figure(trainer: Pretrainer, path: Path, seed: int = 12345) -> Path:
+    """Query patches and their nearest neighbours under the pre-trained and the random-start backbone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from arborseg.pretrain.moco import Branch, build_backbone
+
+    rng = np.random.default_rng(seed)
+    patches, where = _patches(trainer, rng)
+    trained = _embed(trainer.model.encoder_q, patches, trainer.device)
+    import torch
+
+    torch.manual_seed(trainer.config.seed)  # the very start this run had
+    fresh = Branch(build_backbone(trainer.config.encoder, trainer.norms)[0], 8).to(trainer.device)
+    random_start = _embed(copy.deepcopy(fresh), patches, trainer.device)
+    queries = rng.choice(len(patches), QUERIES, replace=False)
+    mid = patches.shape[1] // 2
+    fig, axes = plt.subplots(2 * QUERIES, SHOWN + 1, figsize=(1.4 * (SHOWN + 1), 1.5 * 2 * QUERIES))
+    for row, q in enumerate(queries):
+        for k, (emb, name) in enumerate(((trained, "pre-trained"), (random_start, "random start"))):
+            ax_row = axes[2 * row + k]
+            ax_row[0].imshow(patches[q, mid], cmap="gray", vmin=0, vmax=1)
+            ax_row[0].set_ylabel(name, fontsize=7)
+            for col, j in enumerate(_neighbours(emb, where, int(q), trainer.config.patch), start=1):
+                ax_row[col].imshow(patches[j, mid], cmap="gray", vmin=0, vmax=1)
+                ax_row[col].set_title(f"{float(emb[j] @ emb[q]):.2f}", fontsize=6)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_title("query", fontsize=7)
+    fig.suptitle(f"{trainer.config.name}: nearest patches (cosine similarity), step {trainer.state.step}",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
