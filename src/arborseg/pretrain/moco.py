@@ -79,12 +79,14 @@ def build_backbone(encoder: str | dict[str, Any], norms: tuple[float, float]
 
 
 class Branch(nn.Module):
-    """Backbone -> MLP head -> L2-normalised embedding.
+    """Backbone -> projection head -> L2-normalised embedding.
 
-    MoCo v2's head pools first and then applies its MLP. That suits batch-norm backbones (ResNet-50), but after
-    instance norm (arborseg's encoders, nnU-Net's) every channel of the bottleneck has the same mean for every
-    input, so an average-pooled embedding cannot tell patches apart. For those the head's hidden layer runs at
-    every position (a 1 x 1 convolution and ReLU) before the pooling, as dense contrastive heads do.
+    MoCo v2's head (pool, Linear, ReLU, Linear) suits batch-norm backbones (ResNet-50), whose features are centred
+    over the batch. After instance norm (arborseg's encoders, nnU-Net's) every channel of the bottleneck has the
+    same mean for every input: pooled, every patch looks alike, and measured on EM the embeddings of a batch
+    started and stayed at a mean pairwise cosine of 0.997 (collapsed), the loss sitting near chance. For those the
+    head follows MoCo v3 / SimCLR instead: its hidden layer runs at every position (1 x 1 convolution, batch
+    norm, ReLU) before the pooling, and the output is batch-normalised, which centres the embeddings.
     """
 
     def __init__(self, backbone: EncoderHalf | ResNetBackbone, dim: int) -> None:
@@ -95,21 +97,25 @@ class Branch(nn.Module):
         self.two_d = isinstance(first_conv, nn.Conv2d)
         self.pointwise = not _has_batch_norm(backbone)
         hidden = max(width, dim)
-        first: nn.Module = nn.Linear(width, hidden)
+        self.fc: nn.Sequential
         if self.pointwise:
-            first = (nn.Conv2d if self.two_d else nn.Conv3d)(width, hidden, 1)
-        self.fc: nn.Sequential = nn.Sequential(first, nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+            conv = nn.Conv2d if self.two_d else nn.Conv3d
+            norm = nn.BatchNorm2d if self.two_d else nn.BatchNorm3d
+            self.fc = nn.Sequential(conv(width, hidden, 1, bias=False), norm(hidden), nn.ReLU(inplace=True),
+                                    nn.Linear(hidden, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
+        else:
+            self.fc = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (N, hidden or width) of views (N, 1, Z, Y, X): what nearest neighbours are judged by."""
         out = self.backbone(x[:, :, 0] if self.two_d else x)
         if self.pointwise:
-            out = self.fc[1](self.fc[0](out))
+            out = self.fc[2](self.fc[1](self.fc[0](out)))
         return out.flatten(2).mean(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
-        head = self.fc[2] if self.pointwise else self.fc
+        head = self.fc[3:] if self.pointwise else self.fc
         return F.normalize(head(f), dim=1)
 
 
@@ -134,7 +140,7 @@ class MoCo(nn.Module):
         self.momentum, self.temperature = float(momentum), float(temperature)
         self.register_buffer("queue", F.normalize(torch.randn(dim, queue), dim=0))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.shuffle_bn = _has_batch_norm(backbone)
+        self.shuffle_bn = _has_batch_norm(self.encoder_q)  # the backbone's or the head's batch norm
 
     @torch.no_grad()
     def _momentum_update(self) -> None:
