@@ -73,6 +73,10 @@ def run_task(task: dict) -> list[dict]:
     path, stride, crop = DATASETS[task["dataset"]]
     pool, evals = load_sim_volumes(path, xy=crop * task["crop_scale"], stride=stride)
     tree2d, tree3d = _trees()
+    if task.get("init"):  # the 2D U-Net's encoder starts pre-trained (its structure taken from the checkpoint)
+        from arborseg.space.encoder_init import start_from
+
+        tree2d = start_from(tree2d, task["init"])
     settings = SimulationSettings(**task["settings"])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,8 +97,9 @@ def make_tasks(args: argparse.Namespace) -> list[dict]:
     for ds in args.datasets:
         for seed in seeds:
             for strategy in args.strategies:
+                tiles = {**b["tiles"], "unit": "tile", **({"steps": args.steps} if args.steps else {})}
                 tasks.append({"dataset": ds, "seed": seed, "kind": "tiles", "strategy": strategy, "method": strategy,
-                              "crop_scale": b["crop_scale"], "settings": {**b["tiles"], "unit": "tile"}})
+                              "crop_scale": b["crop_scale"], "settings": tiles, "init": args.init})
             if not args.no_pseudo:
                 for lam in (None, PSEUDO_LAMBDA):
                     method = "thin3d, labeled slices only" if lam is None else f"thin3d + pseudo-labels (λ={lam})"
@@ -259,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", choices=tuple(DATASETS), default=list(DATASETS))
     p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     p.add_argument("--no-pseudo", action="store_true", help="skip the pseudo-label comparison")
+    p.add_argument("--init", metavar="ENCODER",
+                   help="start the tiles' 2D U-Net from a pre-trained encoder (an `arborseg pretrain` run folder "
+                        "or checkpoint; the encoder's structure comes from it)")
+    p.add_argument("--steps", type=int, help="training steps per round of the tiles curves (default: the budget's)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--no-readme", action="store_true", help="do not touch benchmarks/README.md")
     p.add_argument("--report-only", action="store_true",
@@ -288,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def readme_section(table: str, args: argparse.Namespace, seconds: float) -> str:
-    cmd = "python benchmarks/bench_active_learning.py" + (" --full" if args.full else "")
+    cmd = "python benchmarks/bench_active_learning.py" + (" --full" if args.full else "") \
+        + (f" --init {args.init}" if args.init else "") + (f" --steps {args.steps}" if args.steps else "")
+    start = (f"from the pre-trained encoder {args.init} (its encoder structure taken from it)" if args.init
+             else "from scratch")
     return f"""## Active learning
 
 `{cmd}` ({seconds / 60:.0f} min on {machine()}, {args.jobs} worker processes of one torch thread each).
@@ -297,7 +309,7 @@ what is labeled (error-weighted by the previous corrections, weight 5 on all err
 eval_far, let the strategy choose the next units, label them from the ground truth, repeat. VNC: 5 classes,
 every 2nd pixel, central 256 x 256; ISBI 2012: membranes, central 256 x 256; the pool is the train region
 (VNC 8 slices = 128 tiles, ISBI 12 slices = 192 tiles). A 2D U-Net (quickstart seed 1, 11 k parameters,
-dropout 0.1 in every strategy so that the networks are the same) is trained from scratch each round.
+dropout 0.1 in every strategy so that the networks are the same) is trained {start} each round.
 The pseudo-label arm trains a thin-3D U-Net (quickstart seed 3, 6 k parameters).
 Plots: `benchmarks/results/active_learning.png` (tiles) and `active_learning_pseudo.png` (pseudo-labels);
 every row in `benchmarks/results/active_learning.csv`.

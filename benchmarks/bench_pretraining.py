@@ -41,6 +41,7 @@ from arborseg.data import DataConfig
 from arborseg.errors import DataError
 from arborseg.pretrain import PretrainConfig
 from arborseg.pretrain.run import pretrain
+from arborseg.space.encoder_init import start_from
 from arborseg.train.settings import TrainSettings
 from arborseg.train.trainer import Trainer
 from arborseg.tree import ModuleTree
@@ -77,12 +78,7 @@ def data_with_labels(dataset: str, slices: int | None) -> DataConfig:
 
 def tree_with_init(init: str) -> ModuleTree:
     tree = ModuleTree.load(TREE)
-    if init == "random":
-        return tree
-    data = tree.to_dict()
-    data["root"]["children"][0]["init"] = init
-    data.pop("id", None)  # a new tree: the id follows the content
-    return ModuleTree.from_dict(data)
+    return tree if init == "random" else start_from(tree, init)
 
 
 def score(trainer: Trainer) -> dict[str, float]:

@@ -313,3 +313,39 @@ def test_pretraining_runs_as_a_job_with_a_thin3d_encoder(kind: str, tmp_path: Pa
     conv = next(v for k, v in tensors.items() if k.endswith("weight") and v.dim() == 5)
     assert conv.shape[2] == 3  # a (3, k, k) thin-3D kernel
     assert not (tmp_path / "run" / "job.json").exists()  # the job record is dropped once it ended
+
+
+def test_start_from_gives_a_tree_the_encoder_and_train_uses_it(tmp_path: Path) -> None:
+    """`start_from` (and `arborseg train --init`): the checkpoint's encoder values and init on the tree's
+    encoder_decoder; a tree without one is refused; training starts from the weights."""
+    from arborseg.cli.main import main as cli
+    from arborseg.space.encoder_init import start_from
+
+    run = tmp_path / "runs" / "my_encoder"
+    run.mkdir(parents=True)
+    from arborseg.space.catalog import MODULE_SPECS
+
+    values = {name: p.default for name, p in MODULE_SPECS["encoder_decoder"].param_index.items()}
+    values.update(dims="2d", depth=2, width=4)  # as `arborseg pretrain` writes them: every value
+    values.pop("init")
+    encoder = encoder_decoder(**values)
+    state = {f"module.encoder_q.{k}": v for k, v in encoder.state_dict().items() if k.startswith(("encoders", "downs"))}
+    torch.save({"state_dict": state, "norms": [0.0, 1.0]}, run / "encoder.pt")
+    (run / "encoder.json").write_text(json.dumps({"module": "encoder_decoder", "values": values}))
+    tree = ModuleTree.load(ROOT / "search_spaces" / "portfolio" / "unet2d_nnunet.yaml")
+    started = start_from(tree, str(run))
+    node = started.root.children[0]
+    assert (node.get("depth"), node.get("width"), node.get("init")) == (2, 4, str(run / "encoder.pt"))
+    assert node.get("upsampling") == "transposed" and started.window == tree.window
+    with pytest.raises(SpaceError, match="has no encoder_decoder"):
+        start_from(ModuleTree(ModuleNode("sequence", (), (ModuleNode("predictor"),)), (1, 64, 64)), str(run))
+    tree_file = tree.save(tmp_path / "tree.yaml")
+    out = tmp_path / "trained"
+    code = cli(["-q", "train", str(tree_file), "--data", str(ROOT / "examples" / "quickstart_data.yaml"), "--steps",
+                "1", "--out", str(out), "--init", str(run), "--set", "freeze_encoder_steps=1", "--device", "cpu"])
+    assert code == 0
+    assert json.loads((out / "metrics.json").read_text())["encoder_init"] == "my_encoder"
+    trained = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    for key, value in state.items():  # frozen for its one step: exactly the checkpoint's weights
+        name = "body.0.module." + key.removeprefix("module.encoder_q.")
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=0, msg=name)

@@ -21,6 +21,10 @@ def _train(args: argparse.Namespace) -> int:
     from arborseg.tree import ModuleTree
 
     tree = ModuleTree.load(args.tree)
+    if args.init:
+        from arborseg.space.encoder_init import start_from
+
+        tree = start_from(tree, args.init)
     data = load_data_config(args.data)
     settings = {"steps": args.steps, "seed": args.seed, "device": args.device, "objective": args.objective,
                 "eval_every": args.eval_every or max(1, args.steps // 5), "precision": args.precision}
@@ -53,6 +57,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="a data YAML (see examples/)")
     p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     p.add_argument("--out", help="output folder (default runs/train/<tree name>)")
+    p.add_argument("--init", metavar="ENCODER",
+                   help="start the tree's encoder from a pre-trained one: an `arborseg pretrain` run folder, its "
+                        "encoder.pt or a CEM500K MoCo v2 file (the encoder's structure is taken from it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",

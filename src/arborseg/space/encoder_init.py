@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from arborseg.errors import SpaceError
+from arborseg.tree import ModuleNode, ModuleTree
 
 RANDOM = "random"
 #: the files of a pre-training run that a tree's ``init`` points at
@@ -42,6 +43,35 @@ def tree_init(nodes: Any) -> str:
     """How the encoders of a tree's nodes (``tree.root.walk()``) start, for tables: ``random`` or their names."""
     names = [init_name(n.get("init")) for n in nodes if not is_random(n.get("init"))]
     return ", ".join(names) or RANDOM
+
+
+def start_from(tree: ModuleTree, init: str) -> ModuleTree:
+    """``tree`` with every ``encoder_decoder`` (or, for a ResNet-50 checkpoint, ``resnet_unet``) starting from the
+    encoder ``init`` (a checkpoint or pre-training run folder; ``random`` for random starts), its encoder values
+    taken from the checkpoint as a search space would. Raises :class:`SpaceError` when no node can take it."""
+    path = resolve_init(init)
+    spec = None if path == RANDOM else encoder_spec(path)
+    module = spec["module"] if spec else None
+    changed = False
+
+    def rebuild(node: ModuleNode) -> ModuleNode:
+        nonlocal changed
+        children = tuple(rebuild(c) for c in node.children)
+        params = dict(node.params)
+        if node.type in ("encoder_decoder", "resnet_unet") and (module is None or node.type == module):
+            params.update({k: v for k, v in pinned_values(node.type, path).items() if k in params or
+                           node.type == "encoder_decoder"})
+            params.pop("init", None)
+            if path != RANDOM:
+                params["init"] = path
+            changed = True
+        return ModuleNode(node.type, tuple(sorted(params.items())), children)
+
+    root = rebuild(tree.root)
+    if not changed:
+        raise SpaceError(f"init: {tree.name} has no {module or 'encoder_decoder or resnet_unet'} node to start "
+                         f"from {init}")
+    return ModuleTree(root, tree.window, tree.training, tree.space, tree.choices, tree.structural)
 
 
 def resolve_init(init: str, base_dirs: tuple[Path, ...] = ()) -> str:
