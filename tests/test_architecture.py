@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "arborseg"
 
 #: low to high; a module may import from its own layer and every layer before it
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "log", "device", "metrics"),
+    ("errors", "log", "device", "metrics", "yamlfile"),
     ("tree",),
     ("space", "viz.treeplot", "viz.figures"),
     ("nn", "data"),

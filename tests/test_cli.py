@@ -13,7 +13,7 @@ from arborseg.cli import main
 from arborseg.cli.main import build_parser
 from arborseg.errors import ArborsegError
 
-COMMANDS = ["space validate", "space sample", "space show", "train", "search", "status", "table", "plots", "report",
+COMMANDS = ["space validate", "space sample", "space show", "train", "pretrain", "search", "status", "table", "plots", "report",
             "ensemble", "export", "predict", "bootstrap init", "bootstrap next", "bootstrap ingest",
             "bootstrap status"]
 
@@ -39,6 +39,7 @@ def test_every_command_has_a_handler():
     (["train", "t.yaml", "--data", "d.yaml", "--eval-every", "0"], "--eval-every 0"),
     (["train", "t.yaml", "--data", "d.yaml", "--batch-size", "-1"], "--batch-size -1"),
     (["space", "sample", "s.yaml", "--n", "0"], "--n 0"),
+    (["pretrain", "p.yaml", "--steps", "0"], "--steps 0"),
     (["space", "show", "t.yaml", "--classes", "0"], "--classes 0"),
     (["search", "c.yaml", "--max-trials", "0"], "--max-trials 0"),
     (["search", "c.yaml", "--top", "-2"], "--top -2"),

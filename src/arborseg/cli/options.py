@@ -14,3 +14,17 @@ def require_positive(args: argparse.Namespace, *dests: str) -> None:
         value = getattr(args, dest)
         if value is not None and value < 1:
             raise ArborsegError(f"--{dest.replace('_', '-')} {value}: give at least 1")
+
+
+def key_values(items: list[str] | None, option: str, example: str) -> dict:
+    """``KEY=VALUE`` options (repeatable) as a dict, each value read as YAML (``3`` an int, ``true`` a bool);
+    an item without ``=`` is one line naming the option and an ``example``."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ArborsegError(f"{option} {item!r}: write KEY=VALUE, e.g. {option} {example}")
+        out[key] = yaml.safe_load(value)
+    return out

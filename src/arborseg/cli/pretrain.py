@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from arborseg.cli.options import require_positive
+from arborseg.cli.options import key_values, require_positive
 from arborseg.errors import ArborsegError
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     require_positive(args, "steps", "threads")
     from pathlib import Path
-
-    import yaml
 
     from arborseg import runs
     from arborseg.pretrain import load_pretrain_config
@@ -21,12 +19,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     config = load_pretrain_config(args.config)
     if args.steps:
         config.steps = args.steps
-    options: dict = {}
-    for item in args.executor_option or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ArborsegError(f"--executor-option {item!r}: write KEY=VALUE, e.g. --executor-option timeout_min=240")
-        options[key] = yaml.safe_load(value)
+    options = key_values(args.executor_option, "--executor-option", "timeout_min=240")
     if args.threads:
         options.setdefault("threads_per_job", args.threads)
         if args.executor == "debug":

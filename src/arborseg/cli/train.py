@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from arborseg.cli.options import require_positive
-from arborseg.errors import ArborsegError
+from arborseg.cli.options import key_values, require_positive
 from arborseg.train.settings import PRECISIONS
 
 
 def _train(args: argparse.Namespace) -> int:
     require_positive(args, "steps", "eval_every", "batch_size")
     from pathlib import Path
-
-    import yaml
 
     from arborseg.data import load_data_config
     from arborseg.train.settings import TrainSettings
@@ -28,12 +25,7 @@ def _train(args: argparse.Namespace) -> int:
     data = load_data_config(args.data)
     settings = {"steps": args.steps, "seed": args.seed, "device": args.device, "objective": args.objective,
                 "eval_every": args.eval_every or max(1, args.steps // 5), "precision": args.precision}
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ArborsegError(f"--set {item!r}: write KEY=VALUE, e.g. --set lr=0.001")
-        overrides[key] = yaml.safe_load(value)
+    overrides = key_values(args.set, "--set", "lr=0.001")
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     settings["overrides"] = overrides

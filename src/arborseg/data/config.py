@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from arborseg.data.labels import KEEP, apply_label_map, map_value, scan_values
 from arborseg.data.paths import resolve_spec
@@ -43,6 +42,7 @@ from arborseg.data.regions import AXES, REGION_NAMES, Region
 from arborseg.data.volumes import Volume, open_volume
 from arborseg.errors import DataError, did_you_mean
 from arborseg.log import get_logger
+from arborseg.yamlfile import read_yaml_file
 
 log = get_logger(__name__)
 
@@ -260,14 +260,7 @@ class DataConfig:
 def load_data_config(path: str | Path, *, check_labels: bool = True) -> DataConfig:
     """Read and validate a data YAML file (see the module doc for the keys)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data YAML file (examples are in examples/*.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise DataError(f"{path.name}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = read_yaml_file(path, DataError, "no such data YAML file (examples are in examples/*.yaml)")
     return DataConfig.from_dict(data, source=path.name, base_dir=path.parent, check_labels=check_labels)
 
 

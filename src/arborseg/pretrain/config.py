@@ -26,9 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from arborseg.errors import PretrainError, did_you_mean
+from arborseg.yamlfile import read_yaml_file
 
 METHODS = ("mocov2",)
 TOP_KEYS = ("name", "volumes", "normalization", "encoder", "method", "steps", "batch_size", "patch", "z", "lr",
@@ -85,14 +84,7 @@ class PretrainConfig:
 
 def load_pretrain_config(path: str | Path) -> PretrainConfig:
     path = Path(path)
-    if not path.is_file():
-        raise PretrainError(f"{path}: no such pre-training config; see docs/pretraining.md for an example")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise PretrainError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    data = read_yaml_file(path, PretrainError, "no such pre-training config; see docs/pretraining.md for an example")
     return PretrainConfig.from_dict(data, str(path), path.parent)
 
 

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from arborseg.errors import SpaceError, did_you_mean
 from arborseg.space.catalog import INHERITED, MODULE_SPECS, TRAINING_PARAMS, WINDOW_PARAMS, ParamSpec
 from arborseg.space.encoder_init import resolve_init
 from arborseg.space.values import Choice, Constant, FloatRange, IntRange, Times, Value
+from arborseg.yamlfile import read_yaml_file
 
 TOP_KEYS = ("name", "description", "window", "training", "defaults", "definitions", "root", "portfolio")
 FACTOR_SPEC = ParamSpec("times", float, 1.0, low=1e-3, high=1e3)
@@ -102,14 +101,7 @@ def _collect(node: NodeSpec | OneOfSpec, found: list[tuple[str, bool]]) -> None:
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file."""
     path = Path(path)
-    if not path.is_file():
-        raise SpaceError(f"{path}: no such search-space file (built-in spaces are in search_spaces/)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpaceError(f"{path.name}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = read_yaml_file(path, SpaceError, "no such search-space file (built-in spaces are in search_spaces/)")
     return parse_space(data, source=path.name, base_dir=path.parent)
 
 
