@@ -78,6 +78,11 @@ def test_pretraining_learns_on_real_unlabeled_em(pretrained_run: Path) -> None:
     for name in ("encoder.pt", "encoder.json", "checkpoint.pt", "loss_curve.png", "neighbours.png",
                  "pretrain.yaml", "summary.json"):
         assert (pretrained_run / name).is_file(), name
+    from arborseg import runs
+    from arborseg.space import encoder_init
+
+    assert (runs.ENCODER_CHECKPOINT, runs.ENCODER_DESCRIPTION) == (encoder_init.ENCODER_FILE,
+                                                                   encoder_init.ENCODER_SPEC_FILE)
     spec = json.loads((pretrained_run / "encoder.json").read_text())
     assert spec["module"] == "encoder_decoder" and spec["values"]["width"] == 8 and spec["step"] == 120
 

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 from arborseg.errors import ArborsegError, CampaignError
 from arborseg.log import get_logger
-from arborseg.space.encoder_init import ENCODER_FILE, ENCODER_SPEC_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -67,8 +66,10 @@ MEMBERS_DIR = "members"
 # a pre-training run folder (runs/pretrain/<name>): checkpoint.pt and history.json as a trial's, and
 PRETRAIN_DIR = "pretrain"
 PRETRAIN_CONFIG = "pretrain.yaml"  # the config as run (a resumed run must match it)
-ENCODER_CHECKPOINT = ENCODER_FILE  # the query encoder in MoCo / CEM500K layout: what a tree's init loads
-ENCODER_DESCRIPTION = ENCODER_SPEC_FILE  # which module it belongs to and its values (space/encoder_init.py)
+# the query encoder in MoCo / CEM500K layout (what a tree's init loads), and which module it fits with its values;
+# the names space/encoder_init.py looks for (ENCODER_FILE, ENCODER_SPEC_FILE: a test checks they agree)
+ENCODER_CHECKPOINT = "encoder.pt"
+ENCODER_DESCRIPTION = "encoder.json"
 LOSS_CURVE_FILE = "loss_curve.png"
 NEIGHBOURS_FILE = "neighbours.png"
 
