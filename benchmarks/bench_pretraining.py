@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -93,11 +94,14 @@ def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Pat
     folder = Path(args.out) / dataset / f"labels_{name}" / init / f"seed{seed}"
     done = folder / "bench_pretraining.json"
     if done.exists():
-        return json.loads(done.read_text())
+        row = json.loads(done.read_text())
+        if row.get("steps") == args.steps and row.get("batch") == args.batch:
+            return row
+    shutil.rmtree(folder, ignore_errors=True)  # unfinished, or trained for another --steps / --batch
     data = data_with_labels(dataset, labels)
     tree = tree_with_init(str(encoder) if init == "pretrained" else "random")
     row: dict[str, Any] = {"dataset": dataset, "labels": name, "train_slices": data.regions["train"].shape[0],
-                           "init": init, "seed": seed, "steps": args.steps}
+                           "init": init, "seed": seed, "steps": args.steps, "batch": args.batch}
     started = time.perf_counter()
     base = {"schedule_steps": args.steps, "eval_every": args.steps, "seed": seed, "device": "cpu",
             "precision": "fp32", "objective": "miou", "overlays": False, "overrides": {"batch_size": args.batch}}
