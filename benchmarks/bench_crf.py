@@ -48,6 +48,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 DATASETS = {"vnc_mito": ROOT / "examples" / "vnc_mito.yaml", "isbi2012": ROOT / "examples" / "isbi2012_membrane.yaml"}
 VARIANTS = ("none", "spatial", "spatial+appearance")
 REGION = "eval_far"
+#: the timing pass: train steps measured after warm-up steps, and slices of REGION predicted
+TIMING_WARMUP, TIMING_STEPS, TIMING_SLICES = 3, 20, 2
 
 _CONV = {"norm": "instance", "activation": "leaky_relu", "separable": False, "dropout": 0.0, "kernel_size": 3}
 HYBRID = {
@@ -108,6 +110,46 @@ def run_one(dataset: str, variant: str, seed: int, args: argparse.Namespace) -> 
     return row
 
 
+def time_one(dataset: str, variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per voxel of training and of tiled prediction, measured apart from the quality runs (which share the
+    machine with whatever else runs): ``TIMING_STEPS`` train steps after ``TIMING_WARMUP``, and the prediction of
+    the first ``TIMING_SLICES`` slices of the region, with ``--threads`` threads; reused unless ``--retime``."""
+    folder = Path(args.out) / "timing" / f"{dataset}_{variant}"
+    done = folder / "timing.json"
+    if done.exists() and not args.retime:
+        return json.loads(done.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    data = load_data_config(DATASETS[dataset])
+    tree = variant_tree(variant)
+    base = {"seed": 0, "device": "cpu", "precision": "fp32", "objective": "miou", "overlays": False,
+            "num_threads": args.threads, "eval_batch_size": 1}
+    warm = Trainer(tree, data, TrainSettings(steps=TIMING_WARMUP, eval_every=10**9, checkpoint_every=10**9, **base),
+                   folder, progress=False)
+    warm.fit()  # first steps pay for allocations and oneDNN's kernel choices; it ends with a checkpoint
+    trainer = Trainer(tree, data, TrainSettings(steps=TIMING_WARMUP + TIMING_STEPS, eval_every=10**9,
+                                                checkpoint_every=10**9, **base), folder, progress=False)
+    trainer.fit()  # continues from the warm-up's checkpoint
+    assert trainer.step == TIMING_WARMUP + TIMING_STEPS
+    window_voxels = math.prod(tree.window) * int(trainer.values["batch_size"])
+    raw, _ = trainer._region(REGION)
+    raw = raw[:TIMING_SLICES]
+    from arborseg.inference import predict_volume
+
+    trainer.model.eval()
+    started = time.perf_counter()
+    predict_volume(trainer.model, raw, tuple(tree.window), len(data.classes), overlap=trainer.settings.overlap,
+                   blending="gaussian", batch_size=1, device=trainer.device)
+    predict_seconds = time.perf_counter() - started
+    row = {"dataset": dataset, "variant": variant, "threads": args.threads or torch.get_num_threads(),
+           "train_us_per_voxel": 1e6 * (trainer.train_seconds - warm.train_seconds) / (TIMING_STEPS * window_voxels),
+           "predict_us_per_voxel": 1e6 * predict_seconds / raw.size, "load_average": os.getloadavg()[0]}
+    folder.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(row, indent=1))
+    print(f"timing {dataset} {variant}: train {row['train_us_per_voxel']:.2f} us/voxel, predict "
+          f"{row['predict_us_per_voxel']:.2f} us/voxel (load {row['load_average']:.1f})", flush=True)
+    return row
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over seeds per dataset and variant, and the paired difference against no CRF."""
     out = []
@@ -147,9 +189,11 @@ def readme_block(summary: list[dict[str, Any]], args: argparse.Namespace, wall: 
         f"pyramid, predictor; window {list(tree.window)}, batch 2, AdamW 1e-3 cosine, {args.steps} steps, float32) "
         f"without a CRF, with a spatial-only `crf3d` and with the spatial + appearance kernels (5 iterations, "
         f"spatial 3 x 5 x 5, appearance 3 x 5 x 5). Scores on {REGION}; FN-/FP-401 in % of the region's voxels; "
-        "mean ± std over seeds; *vs none*: paired mIoU difference against the same seed without a CRF. Train "
-        "time per voxel seen (window voxels x batch x steps), predict time per voxel of the tiled prediction "
-        f"(overlap 0.25, batch 1) and scoring of {REGION}. Validation once, at the end (not used for anything).",
+        "mean ± std over seeds; *vs none*: paired mIoU difference against the same seed without a CRF. Times "
+        f"from a separate timing pass ({TIMING_STEPS} train steps after {TIMING_WARMUP} warm-up steps; tiled "
+        f"prediction, overlap 0.25, batch 1, of {TIMING_SLICES} slices of {REGION}; load average at each "
+        "measurement in results/crf.json): train time per voxel seen (window voxels x batch x steps), predict "
+        "time per voxel. Validation once, at the end of each run (not used for anything).",
         "",
         "| dataset | CRF | mIoU | vs none | FN-401 | FP-401 | train µs/voxel | predict µs/voxel | FLOPs/voxel |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -170,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_crf"))
     ap.add_argument("--fresh", action="store_true", help="retrain runs that are already finished")
+    ap.add_argument("--retime", action="store_true", help="measure the timing pass again (best on an idle machine)")
     ap.add_argument("--no-readme", action="store_true", help="print only; do not update benchmarks/README.md")
     args = ap.parse_args(argv)
     started = time.perf_counter()
@@ -185,13 +230,20 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(run_one(dataset, variant, seed, args))
     if not rows:
         raise SystemExit("no dataset found: nothing measured")
+    timing = {(t["dataset"], t["variant"]): t for t in
+              (time_one(d, v, args) for d in dict.fromkeys(r["dataset"] for r in rows) for v in VARIANTS)}
+    for row in rows:  # the quality runs' own seconds depend on what else ran; the timing pass is the measurement
+        row["train_us_per_voxel_run"] = row["train_us_per_voxel"]
+        row["predict_us_per_voxel_run"] = row["predict_us_per_voxel"]
+        t = timing[(row["dataset"], row["variant"])]
+        row["train_us_per_voxel"], row["predict_us_per_voxel"] = t["train_us_per_voxel"], t["predict_us_per_voxel"]
     summary = summarise(rows)
     block = readme_block(summary, args, time.perf_counter() - started)
     print(block)
     if not args.no_readme:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "crf.json").write_text(json.dumps({"rows": rows, "summary": summary, "steps": args.steps},
-                                                     indent=1))
+        (RESULTS / "crf.json").write_text(json.dumps({"rows": rows, "summary": summary, "steps": args.steps,
+                                                      "timing": list(timing.values())}, indent=1))
         import pandas as pd
 
         pd.DataFrame(rows).to_csv(RESULTS / "crf.csv", index=False)
