@@ -4,9 +4,10 @@ One hybrid tree of the ``hybrid_2d3d_crf`` family (a 2D U-Net per slice whose fe
 thin-3D spatial pyramid and a predictor) is trained three ways, everything else equal (steps, window, batch,
 seed, recipe): without a CRF, with a spatial-only ``crf3d`` and with ``crf3d`` using the spatial + appearance
 (bilateral) kernels. Datasets: VNC mitochondria and ISBI 2012 membranes (``examples/``), 3 seeds each. Reported:
-eval-far mIoU, FN-401 and FP-401 (% of the region's voxels), training seconds per voxel seen and prediction
-seconds per voxel (eval-far, tiled, batch 1), mean +- std over seeds, and the paired difference of each CRF
-variant against no CRF.
+eval-far mIoU, FN-401 and FP-401 (% of the region's voxels), mean +- std over seeds, the paired difference of each
+CRF variant against no CRF, and training and prediction seconds per voxel from a separate timing pass per dataset
+and variant (the quality runs' own seconds depend on what else runs; ``--retime`` measures again, best on an
+idle machine).
 
     python benchmarks/bench_crf.py                       # 2 datasets x 3 seeds x 3 variants (resumable)
     python benchmarks/bench_crf.py --steps 20 --seeds 1 --no-readme   # smoke test
