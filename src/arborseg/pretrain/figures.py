@@ -50,16 +50,8 @@ def loss_curve(history: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 def _patches(trainer: Pretrainer, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """CANDIDATES patches (N, Z, P, P) of the volumes, and where each lies (volume, z, y, x)."""
-    data, p = trainer.data, trainer.config.patch
-    patches, where = [], []
-    for _ in range(CANDIDATES):
-        i = int(rng.choice(len(data.volumes), p=data.weights))
-        volume, (z0, z1) = data.volumes[i], data.z_ranges[i]
-        z = int(rng.integers(z0, z1 - data.z + 1))
-        y, x = (int(rng.integers(0, s - p + 1)) for s in volume.shape[1:])
-        patches.append(data.normalizers[i].normalize(volume[z:z + data.z, y:y + p, x:x + p]))
-        where.append((i, z, y, x))
-    return np.stack(patches), where
+    crops = [trainer.data.crop(rng, trainer.config.patch) for _ in range(CANDIDATES)]
+    return np.stack([patch for patch, _ in crops]), [where for _, where in crops]
 
 
 def _embed(branch: Any, patches: np.ndarray, device: Any) -> np.ndarray:

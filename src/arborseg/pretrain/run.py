@@ -68,14 +68,19 @@ class UnlabeledVolumes:
                          dtype=float)
         self.weights = sizes / sizes.sum()
 
-    def region(self, rng: np.random.Generator) -> torch.Tensor:
+    def crop(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """A normalised (Z, size, size) crop at a random place, and where it lies (volume, z, y, x)."""
         i = int(rng.choice(len(self.volumes), p=self.weights))
         volume, (z0, z1) = self.volumes[i], self.z_ranges[i]
         z = int(rng.integers(z0, z1 - self.z + 1))
-        y = int(rng.integers(0, volume.shape[1] - self.size + 1))
-        x = int(rng.integers(0, volume.shape[2] - self.size + 1))
-        raw = volume[z:z + self.z, y:y + self.size, x:x + self.size]
-        return torch.from_numpy(np.ascontiguousarray(self.normalizers[i].normalize(raw)))
+        y = int(rng.integers(0, volume.shape[1] - size + 1))
+        x = int(rng.integers(0, volume.shape[2] - size + 1))
+        raw = volume[z:z + self.z, y:y + size, x:x + size]
+        return np.ascontiguousarray(self.normalizers[i].normalize(raw)), (i, z, y, x)
+
+    def region(self, rng: np.random.Generator) -> torch.Tensor:
+        """A region the two views of a pair are cut from."""
+        return torch.from_numpy(self.crop(rng, self.size)[0])
 
     def norms(self, rng: np.random.Generator, n: int = 64) -> tuple[float, float]:
         """Mean and standard deviation of the normalised intensities (what CEM500K calls ``norms``)."""
