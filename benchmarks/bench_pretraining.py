@@ -1,15 +1,18 @@
 """Label efficiency of a pre-trained encoder: the same tree from a random start and from the encoder pre-trained
 on ``../shared/data/unlabeled``, trained on 1, 2, 4 and all training slices.
 
-Pre-training (MoCo v2, ``arborseg pretrain``'s code) runs once on both unlabeled volumes (VNC stack 2 and the
-ISBI 2012 test volume; neither overlaps a labeled set) for the encoder of the portfolio's nnU-Net-style 2D U-Net
-(``search_spaces/portfolio/unet2d_nnunet.yaml``, baseline B of the search benchmark, with its own recipe). Then,
-for VNC mitochondria and ISBI 2012 membranes, with the training region cut to its first 1, 2, 4 or all slices,
-3 seeds each: B from random weights and B with ``init`` = the pre-trained encoder, trained for the same ``steps``
+The tree is the portfolio's nnU-Net-style 2D U-Net (``search_spaces/portfolio/unet2d_nnunet.yaml``, baseline B of
+the search benchmark, with its own recipe: SGD + poly, CE + Dice, deep supervision) scaled to what 2 cores can
+train 48 times in this benchmark's budget: 16 base filters and 4 stages (16-32-64-128) instead of 32 and 5, on
+64 x 64 windows. Pre-training (MoCo v2, ``arborseg pretrain``'s code) runs once on both unlabeled volumes (VNC
+stack 2 and the ISBI 2012 test volume; neither overlaps a labeled set) for that tree's encoder. Then, for VNC
+mitochondria and ISBI 2012 membranes, with the training region cut to its first 1, 2, 4 or all slices, 3 seeds
+each: the tree from random weights and with ``init`` = the pre-trained encoder, trained for the same ``steps``
 (the pre-trained one also scored half-way, from the same run: the schedule is planned for ``steps`` and
 continued). Reported: eval-far mIoU and FN-401 (mean ± std over seeds), the paired difference, whether the
 pre-trained start at ``steps / 2`` already reaches the random start's score at ``steps``, and the pre-training
-cost (one-off; every trial that names the run reuses it).
+cost (one-off; every trial that names the run reuses it). ``--workers`` trains that many runs side by side (one
+process each, ``--threads`` torch threads per process).
 
     python benchmarks/bench_pretraining.py                 # everything (resumable: finished runs are reused)
     python benchmarks/bench_pretraining.py --steps 20 --pretrain-steps 20 --seeds 1 --labels 1 --no-readme  # smoke
@@ -21,8 +24,11 @@ section "Pre-trained encoders: label efficiency" of ``benchmarks/README.md``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import copy
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
@@ -51,15 +57,31 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 EXAMPLES = ROOT / "examples"
 DATASETS = {"vnc_mito": EXAMPLES / "vnc_mito.yaml", "isbi2012": EXAMPLES / "isbi2012_membrane.yaml"}
-TREE = ROOT / "search_spaces" / "portfolio" / "unet2d_nnunet.yaml"
+PORTFOLIO_B = ROOT / "search_spaces" / "portfolio" / "unet2d_nnunet.yaml"
+#: baseline B scaled to this benchmark's budget (see the module docstring)
+SCALED = {"window": [1, 64, 64], "encoder_decoder": {"width": 16, "depth": 4}}
 UNLABELED = ROOT.parent / "shared" / "data" / "unlabeled"
 REGION = "eval_far"
 INITS = ("random", "pretrained")
 
 
+def bench_tree() -> dict[str, Any]:
+    """Baseline B's tree with :data:`SCALED` applied."""
+    tree = copy.deepcopy(yaml.safe_load(PORTFOLIO_B.read_text()))
+    tree["window"] = SCALED["window"]
+    node = next(c for c in tree["root"]["children"] if c["type"] == "encoder_decoder")
+    node.update(SCALED["encoder_decoder"])
+    return tree
+
+
+def encoder_values() -> dict[str, Any]:
+    node = next(c for c in bench_tree()["root"]["children"] if c["type"] == "encoder_decoder")
+    return {k: v for k, v in node.items() if k != "type"}
+
+
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     return PretrainConfig.from_dict({
-        "name": "bench_unet2d", "encoder": {"tree": str(TREE)}, "steps": args.pretrain_steps,
+        "name": "bench_unet2d_w16", "encoder": {"encoder_decoder": encoder_values()}, "steps": args.pretrain_steps,
         "volumes": [str(UNLABELED / "drosophila_vnc_stack2" / "raw.tif"), str(UNLABELED / "isbi2012_test" / "raw.tif")],
         "batch_size": args.pretrain_batch, "patch": 64, "lr": 0.03, "moco": {"queue": 4096 // args.pretrain_batch
                                                                              * args.pretrain_batch},
@@ -78,7 +100,7 @@ def data_with_labels(dataset: str, slices: int | None) -> DataConfig:
 
 
 def tree_with_init(init: str) -> ModuleTree:
-    tree = ModuleTree.load(TREE)
+    tree = ModuleTree.from_dict(bench_tree(), str(PORTFOLIO_B))
     return tree if init == "random" else start_from(tree, init)
 
 
@@ -90,6 +112,8 @@ def score(trainer: Trainer) -> dict[str, float]:
 def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Path, args: argparse.Namespace
             ) -> dict[str, Any]:
     """Train one (dataset, labels, init, seed); the pre-trained start is also scored at steps / 2."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     name = f"{labels or 'all'}"
     folder = Path(args.out) / dataset / f"labels_{name}" / init / f"seed{seed}"
     done = folder / "bench_pretraining.json"
@@ -104,7 +128,8 @@ def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Pat
                            "init": init, "seed": seed, "steps": args.steps, "batch": args.batch}
     started = time.perf_counter()
     base = {"schedule_steps": args.steps, "eval_every": args.steps, "seed": seed, "device": "cpu",
-            "precision": "fp32", "objective": "miou", "overlays": False, "overrides": {"batch_size": args.batch}}
+            "precision": "fp32", "objective": "miou", "overlays": False, "overrides": {"batch_size": args.batch},
+            "num_threads": args.threads}
     if init == "pretrained":  # half-way: the same run, scored, then continued on the same schedule
         half = Trainer(tree, data, TrainSettings(steps=args.steps // 2, **base), folder, progress=False)
         half.fit()
@@ -181,13 +206,15 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
 def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argparse.Namespace, wall: float) -> str:
     lines = [
         f"Command: `python benchmarks/bench_pretraining.py --steps {args.steps} --seeds {args.seeds} "
-        f"--pretrain-steps {args.pretrain_steps}`",
+        f"--pretrain-steps {args.pretrain_steps} --workers {args.workers} --threads {args.threads}`",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}; load "
         f"average {os.getloadavg()[0]:.1f} at the end; {wall / 60:.0f} min for what was not already done.",
         "",
-        f"Pre-training (one-off): MoCo v2 on both unlabeled volumes, the encoder of the portfolio's nnU-Net-style 2D "
-        f"U-Net, {pre['steps']} steps at batch {args.pretrain_batch}, 64 x 64 views: {pre['seconds'] / 60:.1f} min; "
+        "Tree: the portfolio's nnU-Net-style 2D U-Net (baseline B) scaled to this budget: 16 base filters, 4 stages, "
+        "64 x 64 windows.",
+        "",
+        f"Pre-training (one-off): MoCo v2 on both unlabeled volumes, that tree's encoder, {pre['steps']} steps at batch {args.pretrain_batch}, 64 x 64 views: {pre['seconds'] / 60:.1f} min; "
         f"InfoNCE loss {pre['loss_start']:.2f} -> {pre['loss_end']:.2f}, positive found "
         f"{pre['accuracy_end']:.0%} of the time at the end (`runs/bench_pretraining/pretrain/`, with "
         "`neighbours.png`).",
@@ -216,13 +243,15 @@ def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argpa
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=300, help="training steps of every segmentation run")
-    ap.add_argument("--batch", type=int, default=2, help="batch size of the segmentation runs")
+    ap.add_argument("--steps", type=int, default=400, help="training steps of every segmentation run")
+    ap.add_argument("--batch", type=int, default=4, help="batch size of the segmentation runs")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     ap.add_argument("--labels", nargs="+", default=["1", "2", "4", "all"], help="training slices (or 'all')")
     ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
-    ap.add_argument("--pretrain-steps", type=int, default=600)
+    ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--pretrain-batch", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2, help="segmentation runs trained side by side (processes)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (pre-training: workers x threads)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_pretraining"))
     ap.add_argument("--no-readme", action="store_true", help="print only; do not update benchmarks/README.md")
     args = ap.parse_args(argv)
@@ -235,9 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     if summary_file.exists() and json.loads(summary_file.read_text())["steps"] >= args.pretrain_steps:
         pre = json.loads(summary_file.read_text())
     else:
+        torch.set_num_threads(max(1, args.workers * args.threads))
         pre = pretrain(pre_cfg, pre_dir, progress=True)
     encoder = pre_dir / "encoder.pt"
-    rows = []
+    jobs = []
     for dataset in args.datasets:
         try:
             data_with_labels(dataset, None)
@@ -246,9 +276,14 @@ def main(argv: list[str] | None = None) -> None:
             continue
         for labels in args.labels:
             n = None if labels == "all" else int(labels)
-            for seed in range(args.seeds):
-                for init in INITS:
-                    rows.append(run_one(dataset, n, init, seed, encoder, args))
+            jobs += [(dataset, n, init, seed) for seed in range(args.seeds) for init in INITS]
+    if args.workers > 1:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            futures = [pool.submit(run_one, *job, encoder, args) for job in jobs]
+            rows = [f.result() for f in futures]
+    else:
+        rows = [run_one(*job, encoder, args) for job in jobs]
     summary = summarise(rows)
     block = readme_block(summary, pre, args, time.perf_counter() - started)
     print(block)
