@@ -1,6 +1,7 @@
 """Campaign orchestration: what the driver and the executors add to each trial, and trials per hour.
 
-Part 1, overhead per trial, debug vs local vs slurm side by side: the same tiny campaign (synthetic
+Part 1, overhead per trial, debug vs local vs slurm, each of local and slurm also on warm workers
+(``warm_workers: true``: long-lived worker jobs that take trial after trial), side by side: the same tiny campaign (synthetic
 6 x 64 x 64 volume, ``--trials`` random trees, ``--tiny-steps`` steps, one worker so trials never overlap)
 runs on each executor, rounds interleaved (debug, local, slurm, debug, ...) so a busy machine slows all
 alike. For each trial, *driver-seen* is the time from ``study.ask()`` to ``study.tell()`` (Optuna's
@@ -10,7 +11,8 @@ build, training, scoring, artifacts); the overhead is the difference: job submis
 every 1 s for SLURM), result transfer, and the driver's bookkeeping.
 
 Part 2, trials per hour on the quickstart campaign (examples/quickstart.yaml, budget cut down with
-``--qs-trees/--qs-steps``, pruner off so every trial trains the same steps) with 1 vs 2 local workers.
+``--qs-trees/--qs-steps``, pruner off so every trial trains the same steps) with 1 and 2 local workers (one
+process per trial) and 2 warm local workers.
 
     python benchmarks/bench_orchestration.py [--rounds 2] [--trials 3] [--tiny-steps 4]
         [--qs-trees 4] [--qs-steps 20] [--no-slurm] [--no-readme]
@@ -48,6 +50,10 @@ EXECUTORS = {
     "slurm": {"kind": "slurm", "workers": 1, "partition": "debug", "cpus_per_task": 1, "mem_gb": 2,
               "timeout_min": 30},
 }
+EXECUTORS["warm-local"] = {**EXECUTORS["local"], "warm_workers": True}
+EXECUTORS["warm-slurm"] = {**EXECUTORS["slurm"], "warm_workers": True}
+#: part 2: (label, local workers, warm workers)
+THROUGHPUT_ARMS = (("1 worker", 1, False), ("2 workers", 2, False), ("2 warm workers", 2, True))
 
 
 def tiny_campaign(folder: Path, name: str, executor: dict, trials: int, steps: int) -> Path:
@@ -93,32 +99,34 @@ def overhead(args, tmp: Path, kinds: list[str]) -> tuple[str, list[str]]:
 
 
 def throughput(args, tmp: Path) -> str:
-    results: dict[int, list[tuple[int, float, float]]] = {1: [], 2: []}
+    results: dict[str, list[tuple[int, float, float]]] = {arm[0]: [] for arm in THROUGHPUT_ARMS}
     for rnd in range(args.qs_rounds):
-        order = (1, 2) if rnd % 2 == 0 else (2, 1)
-        for workers in order:
-            path = quickstart_campaign(tmp, f"qs_w{workers}_{rnd}",
+        order = THROUGHPUT_ARMS if rnd % 2 == 0 else THROUGHPUT_ARMS[::-1]
+        for label, workers, warm in order:
+            executor = {"kind": "local", "workers": workers, "timeout_min": 60, "warm_workers": warm}
+            path = quickstart_campaign(tmp, f"qs_{label.replace(' ', '_')}_{rnd}",
                                        {"random_trees": args.qs_trees, "refine_top": 0, "steps": args.qs_steps,
                                         "eval_every": args.qs_steps},
-                                       pruner={"name": "none"},
-                                       executor={"kind": "local", "workers": workers, "timeout_min": 60})
+                                       pruner={"name": "none"}, executor=executor)
             run_dir, wall = run_campaign(path, tmp / "runs")
             recs = trial_records(run_dir)
             done = sum(r["state"] == "COMPLETE" for r in recs)
             job = sum(r["wall_seconds"] or 0 for r in recs)
-            results[workers].append((done, wall, job))
-            print(f"  quickstart round {rnd + 1}/{args.qs_rounds} workers={workers}: {done} trials in {wall:.1f} s "
+            results[label].append((done, wall, job))
+            print(f"  quickstart round {rnd + 1}/{args.qs_rounds} {label}: {done} trials in {wall:.1f} s "
                   f"({3600 * done / wall:.0f}/h)  (load {load()})", file=sys.stderr, flush=True)
-    lines = ["| local workers | threads per job | trials | campaign wall (s) | trials per hour "
-             "| mean trial wall in job (s) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| local workers | threads per job | trials | campaign wall (s) | trials per hour | vs 2 workers "
+             "| mean trial wall in job (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     from arborseg.jobs.executors import _cpu_count
 
-    for workers, runs in results.items():
+    rate = {label: 3600 * sum(r[0] for r in runs) / sum(r[1] for r in runs) for label, runs in results.items()}
+    for label, workers, _ in THROUGHPUT_ARMS:
+        runs = results[label]
         done = sum(r[0] for r in runs)
         wall = sum(r[1] for r in runs)
         job = sum(r[2] for r in runs)
-        lines.append(f"| {workers} | {max(1, _cpu_count() // workers)} | {done} | {wall:.1f} "
-                     f"| {3600 * done / wall:.0f} | {job / max(done, 1):.1f} |")
+        lines.append(f"| {label} | {max(1, _cpu_count() // workers)} | {done} | {wall:.1f} "
+                     f"| {rate[label]:.0f} | {rate[label] / rate['2 workers']:.2f}x | {job / max(done, 1):.1f} |")
     return "\n".join(lines)
 
 
@@ -134,10 +142,10 @@ def main() -> None:
     ap.add_argument("--no-readme", action="store_true", help="print only; do not update benchmarks/README.md")
     args = ap.parse_args()
 
-    kinds = ["debug", "local", "slurm"]
+    kinds = ["debug", "local", "warm-local", "slurm", "warm-slurm"]
     why_not = "left out (--no-slurm)" if args.no_slurm else slurm_available()
     if why_not:
-        kinds.remove("slurm")
+        kinds = [k for k in kinds if "slurm" not in k]
         print(f"slurm executor: {why_not}", file=sys.stderr)
     load_before = load()
     t0 = time.time()
@@ -154,8 +162,8 @@ def main() -> None:
     if args.no_readme:
         return
     cmd = "python benchmarks/bench_orchestration.py " + " ".join(sys.argv[1:])
-    body = f"""Wall time a trial costs beyond its own work, per executor, and trials per hour with 1 vs 2 local
-workers. Machine: {machine()}, **shared with other engineers' jobs while it ran**: load average (1/5/15 min)
+    body = f"""Wall time a trial costs beyond its own work, per executor (one job per trial, or warm workers that take
+trial after trial), and trials per hour with 1 and 2 local workers and 2 warm local workers. Machine: {machine()}, **shared with other engineers' jobs while it ran**: load average (1/5/15 min)
 {load_before} before, {load()} after; the methods were interleaved (round by round) so the load hit them
 alike, but absolute numbers are several times slower than on a quiet machine. {math.ceil(minutes)} min in all.
 
@@ -168,12 +176,14 @@ trial's own ``wall_seconds``; *driver-seen*: ``study.ask()`` to ``study.tell()``
 in job (job submission, process start with Python + torch imports, polling, result transfer) plus what
 a trial does before its timer starts (reading the trial, generating/loading the data, building the model).
 *Over debug*: the overhead beyond the debug executor's, i.e. the cost of running the trial in its own
-process or SLURM job.
+process or SLURM job. *warm-*: the same executor with ``warm_workers: true``: one worker job per campaign
+here (one worker), whose first trial pays the process start and the others do not.
 
 {table1}
 
 **Trials per hour** on the quickstart campaign ({args.qs_trees} random trees, {args.qs_steps} steps each,
-no pruning, no refinement; local executor; threads per job = cores / workers):
+no pruning, no refinement; local executor; threads per job = cores / workers; *vs 2 workers*: trials per
+hour against 2 workers with one process per trial):
 
 {table2}
 
@@ -182,7 +192,10 @@ bookkeeping (storage writes, the 0.3 s poll) and the trial's set-up; the local e
 processes per trial (submitit's controller, then the job with its torch and arborseg imports); SLURM starts
 one job through sbatch, scheduling and ``srun`` and is seen through sacct (polled at most every 1 s), and a
 job may also wait in the queue behind other users' jobs. With 2 cores, 2 local workers run 1 thread each
-instead of 1 worker with 2 threads.
+instead of 1 worker with 2 threads. Warm workers pay the process start, torch's lazy imports (``torch._dynamo``
+on the first optimiser), matplotlib's import and the opening of the data once per worker instead of once per
+trial; what is left is the queue (a file renamed by the worker that claims it, polled every 0.1 s) and the
+driver's 0.3 s poll.
 """
     update_readme(SECTION, body)
     print(f"updated benchmarks/README.md (section '{SECTION}')", file=sys.stderr)

@@ -89,7 +89,9 @@ class CampaignConfig:
         ``(mapping, folder of the campaign file)`` for data written inline."""
         return self.data_spec if isinstance(self.data_spec, str) else (self.data_spec, str(self.source.parent))
 
-    def with_overrides(self, executor: str | None = None, random_trees: int | None = None) -> CampaignConfig:
+    def with_overrides(self, executor: str | None = None, random_trees: int | None = None,
+                       warm_workers: bool | None = None) -> CampaignConfig:
+        """The config with the command line's ``--executor`` kind and ``--warm-workers``/``--no-warm-workers``."""
         from dataclasses import replace
 
         out = self
@@ -97,6 +99,8 @@ class CampaignConfig:
             if executor not in EXECUTORS:
                 raise CampaignError(f"--executor {executor!r} is not one of {list(EXECUTORS)}")
             out = replace(out, executor={**out.executor, "kind": executor})
+        if warm_workers is not None:
+            out = replace(out, executor={**out.executor, "warm_workers": warm_workers})
         return out
 
 

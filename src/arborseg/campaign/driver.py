@@ -159,6 +159,14 @@ class Campaign:
         return f"{self.cfg.name}.refine.{tree_id[:10]}"
 
     @property
+    def record_kind(self) -> str:
+        """The executor kind the trials' job records carry (``warm-local``/``warm-slurm`` on warm workers)."""
+        from arborseg.jobs.options import record_kind
+
+        executor = self.cfg.executor
+        return record_kind(executor["kind"], {k: v for k, v in executor.items() if k != "kind"})
+
+    @property
     def maximize(self) -> bool:
         return self.cfg.direction == "maximize"
 
@@ -473,7 +481,7 @@ class Campaign:
         tree_file = save_tree(tree, out_dir)
         attrs = {"task": task.key, "phase": task.key.split(":")[0], "tree_id": tree.id, "tree_name": tree.name,
                  "family": tree.family, "tree_file": str(tree_file), "artifact_dir": str(out_dir), "attempt": 1,
-                 "executor": self.cfg.executor["kind"], "job_folder": str(self.folder.jobs_dir),
+                 "executor": self.record_kind, "job_folder": str(self.folder.jobs_dir),
                  "parent_tree_id": task.tree.id, "target_rung": 0, "rung_values": {}}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)

@@ -13,7 +13,7 @@ def _search(args: argparse.Namespace) -> int:
     from arborseg.table import format_table, run_table
 
     require_positive(args, "max_trials", "top")
-    cfg = load_campaign(args.campaign).with_overrides(executor=args.executor)
+    cfg = load_campaign(args.campaign).with_overrides(executor=args.executor, warm_workers=args.warm_workers)
     campaign = Campaign(cfg, args.runs_dir, max_trials=args.max_trials, progress=not args.quiet)
     print(campaign.plan.describe(), flush=True)
     run_dir = campaign.run()
@@ -41,6 +41,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="run (or resume) a search campaign")
     p.add_argument("campaign", help="a campaign YAML (see examples/quickstart.yaml)")
     p.add_argument("--executor", choices=("debug", "local", "slurm"), help="override the campaign's executor")
+    p.add_argument("--warm-workers", action=argparse.BooleanOptionalAction, default=None,
+                   help="run trials on long-lived worker jobs that take trial after trial (local/slurm; default: "
+                        "the campaign's executor.warm_workers, else one job per trial)")
     p.add_argument("--max-trials", type=int, help="start at most N new jobs in this run (each rung a trial trains is one job; resume later)")
     p.add_argument("--runs-dir", default="runs", help="where campaign folders live (default runs/)")
     p.add_argument("--top", type=int, default=10, help="rows of the run table to print at the end")

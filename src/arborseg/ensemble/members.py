@@ -203,7 +203,7 @@ def run_members(specs: Sequence[MemberSpec], data_arg: Any, settings: dict, exec
         return spec, MemberJob(str(spec.tree_file), data_arg, {**settings, "seed": spec.seed}, str(spec.out_dir))
 
     def submitted(spec: MemberSpec, job: Any) -> None:
-        JobRecord(str(job.job_id), executor.kind, str(jobs_dir)).write(spec.out_dir / "job.json")
+        JobRecord(str(job.job_id), executor.record_kind, str(jobs_dir)).write(spec.out_dir / "job.json")
         write_state(spec.out_dir, {"state": "RUNNING", "job_id": str(job.job_id)})
         log.debug("member %s: job %s submitted", spec.key, job.job_id)
 

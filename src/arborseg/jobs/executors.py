@@ -65,8 +65,10 @@ from arborseg.jobs.options import (
     normalise_options,
     number_option,
     valid_options,
+    warm_workers,
     workers_of,
 )
+from arborseg.jobs.warm import DEFAULT_IDLE_S, WarmPool
 from arborseg.log import get_logger
 
 log = get_logger(__name__)
@@ -90,6 +92,11 @@ class ArborsegExecutor(submitit.AutoExecutor):
     jobs_dir: Path = Path()
     threads_per_job: int | None = None
     job_env: dict[str, str] = {}
+
+    @property
+    def record_kind(self) -> str:
+        """The kind a :class:`~arborseg.jobs.scheduler.JobRecord` of this executor's jobs carries."""
+        return self.kind
 
     def _internal_process_submissions(self, delayed_submissions):  # submitit's hook: see jobs/_submitit.py
         # local: the controller copies os.environ at Popen; slurm: sbatch exports the environment
@@ -124,8 +131,12 @@ def _ignore_signal(signum: int, frame: Any) -> None:
     log.debug("signal %d ignored while local jobs were submitted", signum)
 
 
-def make_executor(kind: str, folder: Path | str, options: Mapping[str, Any] | None = None) -> ArborsegExecutor:
+def make_executor(kind: str, folder: Path | str, options: Mapping[str, Any] | None = None
+                  ) -> ArborsegExecutor | WarmPool:
     """Build a submitit executor for ``kind`` ("debug" | "local" | "slurm") writing jobs to ``folder``.
+
+    With ``warm_workers: true`` (local, slurm) it is wrapped in a :class:`~arborseg.jobs.warm.WarmPool`: jobs
+    then run on long-lived workers started through it.
 
     Each job gets its own sub-folder ``folder/<job id>`` (pickles, ``*_log.out``/``*_log.err``).
     ``options`` are the campaign's ``executor:`` settings (see :func:`valid_options`; a ``slurm_`` or
@@ -158,11 +169,14 @@ def make_executor(kind: str, folder: Path | str, options: Mapping[str, Any] | No
         if opts:
             log.debug("debug executor: options %s ignored (jobs run inside the driver)", sorted(opts))
         return ex
+    warm = warm_workers(kind, opts)
+    idle_s = number_option(opts, "worker_idle_s", kind, default=DEFAULT_IDLE_S)
+    opts = {k: v for k, v in opts.items() if k not in ("warm_workers", "worker_idle_s")}
     if kind == "local":
         _configure_local(ex, opts)
     else:
         _configure_slurm(ex, opts)
-    return ex
+    return WarmPool(ex, idle_s) if warm else ex
 
 
 def _configure_local(ex: ArborsegExecutor, opts: dict[str, Any]) -> None:

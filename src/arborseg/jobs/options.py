@@ -18,9 +18,12 @@ KINDS = ("debug", "local", "slurm")
 DEFAULT_WORKERS = {"debug": 1, "local": 2, "slurm": 4}
 
 _COMMON = {
-    "timeout_min": "wall-clock limit of one job in minutes",
+    "timeout_min": "wall-clock limit of one job in minutes (with warm_workers: of one worker's life)",
     "threads_per_job": "torch/OpenMP CPU threads of one job",
     "env": "extra environment variables for the jobs (a mapping)",
+    "warm_workers": "true: run jobs in long-lived worker jobs that take task after task (torch imported and data "
+                    "opened once per worker; see arborseg.jobs.warm); default false: one job per task",
+    "worker_idle_s": "seconds a warm worker waits for a task before it leaves (default 60)",
 }
 LOCAL_OPTIONS = {
     **_COMMON,
@@ -86,6 +89,19 @@ def normalise_options(kind: str, opts: Mapping[str, Any]) -> dict[str, Any]:
             f"executor ({kind}): unknown option(s) {', '.join(sorted(bad))}; valid options are: {listing}"
         )
     return out
+
+
+def warm_workers(kind: str, opts: Mapping[str, Any]) -> bool:
+    """Whether jobs of ``kind`` run on warm workers (``warm_workers: true``; never for debug jobs)."""
+    value = opts.get("warm_workers", False)
+    if not isinstance(value, bool):
+        raise CampaignError(f"executor ({kind}): warm_workers must be true or false, not {value!r}")
+    return value and kind != "debug"
+
+
+def record_kind(kind: str, opts: Mapping[str, Any]) -> str:
+    """The kind a job record carries for jobs of ``kind`` with these options: ``warm-<kind>`` on warm workers."""
+    return f"warm-{kind}" if warm_workers(kind, normalise_options(kind, opts)) else kind
 
 
 def workers_of(kind: str, opts: Mapping[str, Any]) -> int:

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from arborseg.errors import CampaignError
 from arborseg.jobs._submitit import kind_of, local_process
@@ -75,6 +75,8 @@ def _job_state(job: Any) -> str:
     cached = getattr(job, "_arborseg_outcome", None)
     if cached is not None:
         return cached.state
+    if _is_warm(job):
+        return str(job.state())
     kind = kind_of(job)
     if kind == "debug":
         if job.submission().done():
@@ -168,8 +170,11 @@ def job_outcome(job: Job, grace_s: float = 2.0) -> JobOutcome | None:
         cached = getattr(job, "_arborseg_outcome", None)
         if cached is not None:
             return cached
-        kind = kind_of(job)
-        outcome = _debug_outcome(job) if kind == "debug" else _process_outcome(job, kind, grace_s)
+        if _is_warm(job):
+            outcome = cast(Any, job).outcome()
+        else:
+            kind = kind_of(job)
+            outcome = _debug_outcome(job) if kind == "debug" else _process_outcome(job, kind, grace_s)
         if outcome is not None:
             try:
                 setattr(job, "_arborseg_outcome", outcome)  # noqa: B010 - an attribute of our own on submitit's job
@@ -180,6 +185,13 @@ def job_outcome(job: Job, grace_s: float = 2.0) -> JobOutcome | None:
         jid = str(getattr(job, "job_id", "?"))
         log.debug("job_outcome(%s) failed:\n%s", jid, traceback.format_exc())
         return JobOutcome(False, reason=f"could not read the outcome of job {jid}: {e}", state="FAILED", job_id=jid)
+
+
+def _is_warm(job: Any) -> bool:
+    """A task on warm workers (:class:`arborseg.jobs.warm.WarmJob`), which knows its own state and outcome."""
+    from arborseg.jobs.warm import WarmJob
+
+    return isinstance(job, WarmJob)
 
 
 def wait_outcome(job: Job, timeout_s: float | None = None, poll_s: float = 0.5) -> JobOutcome | None:
@@ -376,7 +388,9 @@ def cancel_jobs(jobs: Iterable[Job], grace_s: float = CANCEL_GRACE_S) -> None:
     local: list[Any] = []
     for job in jobs:
         try:
-            if kind_of(job) == "local":
+            if _is_warm(job):
+                job.cancel()
+            elif kind_of(job) == "local":
                 pid = _local_controller(job)
                 if pid is not None:
                     setattr(job, _CANCELLED, True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import traceback
 from collections.abc import Iterator
@@ -38,14 +39,41 @@ def failure(exc: BaseException, out: Path) -> TrialOutcome:
     return TrialOutcome.failed(f"{type(exc).__name__}: {first[:300]} (traceback: {out / 'error.txt'})")
 
 
+#: the data configs this process has opened (warm workers run job after job on the same volumes)
+_DATA_CACHE: dict[str, Any] = {}
+_DATA_CACHE_SIZE = 4
+
+
 def load_data(data: Any):
     """The job's :class:`~arborseg.data.DataConfig` from what the driver handed it: a data YAML path, or
-    ``(mapping, base_dir)`` for data written inline in a campaign YAML."""
+    ``(mapping, base_dir)`` for data written inline in a campaign YAML. Kept per process (a changed YAML file
+    is read again), so that a warm worker opens the volumes once for all its jobs."""
     from arborseg.data import DataConfig, load_data_config
 
+    key = _data_key(data)
+    cached = _DATA_CACHE.get(key) if key else None
+    if cached is not None:
+        return cached
     if isinstance(data, (list, tuple)):
         mapping, base_dir = data
-        return DataConfig.from_dict(mapping, source="campaign", base_dir=base_dir, key_prefix="data",
-                                    check_labels=False)
-    return load_data_config(data, check_labels=False)
+        config = DataConfig.from_dict(mapping, source="campaign", base_dir=base_dir, key_prefix="data",
+                                      check_labels=False)
+    else:
+        config = load_data_config(data, check_labels=False)
+    if key:
+        if len(_DATA_CACHE) >= _DATA_CACHE_SIZE:
+            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+        _DATA_CACHE[key] = config
+    return config
 
+
+def _data_key(data: Any) -> str | None:
+    """What identifies ``data``: the YAML's path and modification time, or the inline mapping's text."""
+    try:
+        if isinstance(data, (list, tuple)):
+            mapping, base_dir = data
+            return "inline:" + json.dumps(mapping, sort_keys=True, default=str) + f"@{base_dir}"
+        path = Path(data).resolve()
+        return f"{path}@{path.stat().st_mtime_ns}"
+    except (OSError, TypeError, ValueError):
+        return None

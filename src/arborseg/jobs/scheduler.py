@@ -59,7 +59,13 @@ def reattach(record: JobRecord | None, follow_finished: bool = False) -> tuple[J
     A job is followed while it is pending or running, and with ``follow_finished`` also when it ended
     with a result (its result is then read as if this driver had watched it). Debug jobs, jobs the
     scheduler forgot and jobs that ended without a result are not: the caller submits their work again.
+    Tasks on warm workers (kind ``warm-local``/``warm-slurm``) are followed while a live worker holds them;
+    one still waiting in the queue is taken back (see :func:`arborseg.jobs.warm.reattach_task`).
     """
+    if record is not None and record.kind.startswith("warm-") and record.job_id and record.folder:
+        from arborseg.jobs.warm import reattach_task
+
+        return reattach_task(record.folder, record.job_id, follow_finished)
     if record is None or record.kind not in ("local", "slurm") or not record.job_id or not record.folder:
         return None
     try:
@@ -163,6 +169,10 @@ class Scheduler(Generic[ItemT, RunT]):
             if self.cancel_on_interrupt:
                 cancel_jobs([f.job for f in flights])
             raise
+        finally:
+            release = getattr(self.executor, "release", None)
+            if release is not None:  # warm workers: nothing more will come, the idle ones may leave
+                release()
         return not self.limit_reached
 
     def _submit(self, items: list[ItemT]) -> list[InFlight[RunT]]:

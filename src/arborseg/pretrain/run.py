@@ -288,7 +288,7 @@ def run_pretraining(config: PretrainConfig, out: Path, executor_kind: str = "deb
         return config.name, PretrainJob(config.to_dict(), str(out))
 
     def submitted(_: str, job: Any) -> None:
-        JobRecord(str(job.job_id), executor.kind, str(out / runs.JOBS_DIR)).write(record)
+        JobRecord(str(job.job_id), executor.record_kind, str(out / runs.JOBS_DIR)).write(record)
         log.info("pre-training %s: job %s submitted (log: %s)", config.name, job.job_id, out / "pretrain.log")
 
     def finished(_: str, outcome: Any) -> None:

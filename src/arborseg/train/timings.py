@@ -14,6 +14,8 @@ import os
 import time
 from collections.abc import Iterator
 
+#: set by a warm worker for each task (epoch seconds): where that task's start-up began
+TASK_STARTED_ENV = "ARBORSEG_TASK_STARTED"
 PARTS = ("startup", "setup", "data", "train", "validation", "evaluation", "figures")
 
 
@@ -61,10 +63,13 @@ def process_age_seconds() -> float | None:
 
 def job_timings() -> Timings:
     """A stopwatch for a job: with its process's start-up (``startup``) when the job runs in a process of its own
-    (a submitit local or SLURM job); the debug executor runs jobs inside the driver, where there is none."""
+    (a submitit local or SLURM job); the debug executor runs jobs inside the driver, where there is none. On a warm
+    worker (:mod:`arborseg.jobs.warm`) the first task is charged the process's start-up, later ones only the
+    moments between claiming the task and starting it."""
     timings = Timings()
     if os.environ.get("SUBMITIT_EXECUTOR") in ("local", "slurm"):
-        age = process_age_seconds()
+        started = os.environ.get(TASK_STARTED_ENV)  # a warm worker: this task's share of the process
+        age = max(0.0, time.time() - float(started)) if started else process_age_seconds()
         if age is not None:
             timings.add("startup", age)
     return timings
