@@ -5,9 +5,9 @@ thin-3D spatial pyramid and a predictor) is trained three ways, everything else 
 seed, recipe): without a CRF, with a spatial-only ``crf3d`` and with ``crf3d`` using the spatial + appearance
 (bilateral) kernels. Datasets: VNC mitochondria and ISBI 2012 membranes (``examples/``), 3 seeds each. Reported:
 eval-far mIoU, FN-401 and FP-401 (% of the region's voxels), mean +- std over seeds, the paired difference of each
-CRF variant against no CRF, and training and prediction seconds per voxel from a separate timing pass per dataset
-and variant (the quality runs' own seconds depend on what else runs; ``--retime`` measures again, best on an
-idle machine).
+CRF variant against no CRF and of the appearance kernel against spatial only, and training and prediction seconds
+per voxel from a separate timing pass per dataset in which the variants take turns and each keeps its fastest
+round (the quality runs' own seconds depend on what else runs; ``--retime`` measures again).
 
     python benchmarks/bench_crf.py                       # 2 datasets x 3 seeds x 3 variants (resumable)
     python benchmarks/bench_crf.py --steps 20 --seeds 1 --no-readme   # smoke test
@@ -49,8 +49,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 DATASETS = {"vnc_mito": ROOT / "examples" / "vnc_mito.yaml", "isbi2012": ROOT / "examples" / "isbi2012_membrane.yaml"}
 VARIANTS = ("none", "spatial", "spatial+appearance")
 REGION = "eval_far"
-#: the timing pass: train steps measured after warm-up steps, and slices of REGION predicted
-TIMING_WARMUP, TIMING_STEPS, TIMING_SLICES = 3, 20, 2
+#: the timing pass: warm-up steps, then rounds of train steps and of the prediction of a crop of REGION's slices
+TIMING_WARMUP, TIMING_ROUNDS, TIMING_STEPS, TIMING_SLICES, TIMING_CROP = 3, 5, 5, 2, 256
 
 _CONV = {"norm": "instance", "activation": "leaky_relu", "separable": False, "dropout": 0.0, "kernel_size": 3}
 HYBRID = {
@@ -111,44 +111,68 @@ def run_one(dataset: str, variant: str, seed: int, args: argparse.Namespace) -> 
     return row
 
 
-def time_one(dataset: str, variant: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Seconds per voxel of training and of tiled prediction, measured apart from the quality runs (which share the
-    machine with whatever else runs): ``TIMING_STEPS`` train steps after ``TIMING_WARMUP``, and the prediction of
-    the first ``TIMING_SLICES`` slices of the region, with ``--threads`` threads; reused unless ``--retime``."""
-    folder = Path(args.out) / "timing" / f"{dataset}_{variant}"
-    done = folder / "timing.json"
-    if done.exists() and not args.retime:
-        return json.loads(done.read_text())
-    shutil.rmtree(folder, ignore_errors=True)
-    data = load_data_config(DATASETS[dataset])
-    tree = variant_tree(variant)
-    base = {"seed": 0, "device": "cpu", "precision": "fp32", "objective": "miou", "overlays": False,
-            "num_threads": args.threads, "eval_batch_size": 1}
-    warm = Trainer(tree, data, TrainSettings(steps=TIMING_WARMUP, eval_every=10**9, checkpoint_every=10**9, **base),
-                   folder, progress=False)
-    warm.fit()  # first steps pay for allocations and oneDNN's kernel choices; it ends with a checkpoint
-    trainer = Trainer(tree, data, TrainSettings(steps=TIMING_WARMUP + TIMING_STEPS, eval_every=10**9,
-                                                checkpoint_every=10**9, **base), folder, progress=False)
-    trainer.fit()  # continues from the warm-up's checkpoint
-    assert trainer.step == TIMING_WARMUP + TIMING_STEPS
-    window_voxels = math.prod(tree.window) * int(trainer.values["batch_size"])
-    raw, _ = trainer._region(REGION)
-    raw = raw[:TIMING_SLICES]
+def time_dataset(dataset: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Seconds per voxel of training and of tiled prediction for every variant, measured apart from the quality
+    runs and robust to a busy machine: the three variants take turns (``TIMING_ROUNDS`` rounds of
+    ``TIMING_STEPS`` train steps on one fixed batch and the prediction of the central ``TIMING_CROP`` x
+    ``TIMING_CROP`` of the region's first ``TIMING_SLICES`` slices, after ``TIMING_WARMUP`` warm-up steps and one
+    prediction), and each keeps its fastest round, the one least disturbed by other work. ``--threads`` threads;
+    reused unless ``--retime``."""
     from arborseg.inference import predict_volume
 
-    trainer.model.eval()
-    started = time.perf_counter()
-    predict_volume(trainer.model, raw, tuple(tree.window), len(data.classes), overlap=trainer.settings.overlap,
-                   blending="gaussian", batch_size=1, device=trainer.device)
-    predict_seconds = time.perf_counter() - started
-    row = {"dataset": dataset, "variant": variant, "threads": args.threads or torch.get_num_threads(),
-           "train_us_per_voxel": 1e6 * (trainer.train_seconds - warm.train_seconds) / (TIMING_STEPS * window_voxels),
-           "predict_us_per_voxel": 1e6 * predict_seconds / raw.size, "load_average": os.getloadavg()[0]}
-    folder.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(row, indent=1))
-    print(f"timing {dataset} {variant}: train {row['train_us_per_voxel']:.2f} us/voxel, predict "
-          f"{row['predict_us_per_voxel']:.2f} us/voxel (load {row['load_average']:.1f})", flush=True)
-    return row
+    done = Path(args.out) / "timing" / f"{dataset}.json"
+    if done.exists() and not args.retime:
+        return list(json.loads(done.read_text()))
+    data = load_data_config(DATASETS[dataset])
+    base = {"steps": 1, "seed": 0, "device": "cpu", "precision": "fp32", "objective": "miou", "overlays": False,
+            "num_threads": args.threads, "eval_batch_size": 1}
+    folder = Path(args.out) / "timing" / dataset
+    shutil.rmtree(folder, ignore_errors=True)
+    trainers = {v: Trainer(variant_tree(v), data, TrainSettings(**base), folder / v, progress=False)
+                for v in VARIANTS}
+    first = trainers[VARIANTS[0]]
+    raw, _ = first._region(REGION)
+    y0, x0 = (max(0, (n - TIMING_CROP) // 2) for n in raw.shape[1:])
+    crop = np.ascontiguousarray(raw[:TIMING_SLICES, y0:y0 + TIMING_CROP, x0:x0 + TIMING_CROP])
+    samplers = {v: t._sampler() for v, t in trainers.items()}  # also sets each trainer's class weights
+    batch = samplers[VARIANTS[0]].sample_batch(int(first.values["batch_size"]))  # one batch for every variant
+
+    def train_seconds(trainer: Trainer, steps: int) -> float:
+        trainer.model.train()
+        started = time.perf_counter()
+        for _ in range(steps):
+            trainer._train_step(*batch)
+        return (time.perf_counter() - started) / steps
+
+    def predict_seconds(trainer: Trainer) -> float:
+        trainer.model.eval()
+        started = time.perf_counter()
+        predict_volume(trainer.model, crop, tuple(trainer.tree.window), len(data.classes),
+                       overlap=trainer.settings.overlap, blending="gaussian", batch_size=1, device=trainer.device)
+        return time.perf_counter() - started
+
+    for trainer in trainers.values():  # allocations and oneDNN's kernel choices
+        train_seconds(trainer, TIMING_WARMUP)
+        predict_seconds(trainer)
+    best = {v: [math.inf, math.inf] for v in VARIANTS}
+    loads = []
+    for _ in range(TIMING_ROUNDS):
+        for variant, trainer in trainers.items():
+            best[variant][0] = min(best[variant][0], train_seconds(trainer, TIMING_STEPS))
+            best[variant][1] = min(best[variant][1], predict_seconds(trainer))
+        loads.append(os.getloadavg()[0])
+    rows = []
+    for variant, trainer in trainers.items():
+        window_voxels = math.prod(trainer.tree.window) * int(trainer.values["batch_size"])
+        rows.append({"dataset": dataset, "variant": variant, "threads": args.threads or torch.get_num_threads(),
+                     "train_us_per_voxel": 1e6 * best[variant][0] / window_voxels,
+                     "predict_us_per_voxel": 1e6 * best[variant][1] / crop.size, "load_average": float(np.mean(loads)),
+                     "rounds": TIMING_ROUNDS})
+        print(f"timing {dataset} {variant}: train {rows[-1]['train_us_per_voxel']:.2f} us/voxel, predict "
+              f"{rows[-1]['predict_us_per_voxel']:.2f} us/voxel (load {np.mean(loads):.1f})", flush=True)
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -177,11 +201,30 @@ def _pm(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
-def readme_block(summary: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> str:
+def appearance_vs_spatial(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per dataset: the paired (same seed) difference spatial + appearance minus spatial only."""
+    lines = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        by = {(r["variant"], r["seed"]): r for r in rows if r["dataset"] == dataset}
+        seeds = [s for v, s in by if v == "spatial" and ("spatial+appearance", s) in by]
+        if not seeds:
+            continue
+        diff = {key: np.array([by["spatial+appearance", s][key] - by["spatial", s][key] for s in seeds])
+                for key in ("miou", "fn_401", "fp_401")}
+        std = {key: float(v.std(ddof=1)) if len(v) > 1 else math.nan for key, v in diff.items()}
+        lines.append(f"- {dataset}: mIoU {_pm(float(diff['miou'].mean()), std['miou'], 3)} (per seed "
+                     + ", ".join(f"{d:+.3f}" for d in diff["miou"]) + f"), FN-401 "
+                     f"{_pm(float(diff['fn_401'].mean()), std['fn_401'], 2)}, FP-401 "
+                     f"{_pm(float(diff['fp_401'].mean()), std['fp_401'], 2)} points")
+    return lines
+
+
+def readme_block(summary: list[dict[str, Any]], args: argparse.Namespace, wall: float,
+                 rows: list[dict[str, Any]] | None = None) -> str:
     tree = variant_tree("spatial+appearance")
     lines = [
-        f"Command: `python benchmarks/bench_crf.py --steps {args.steps} --seeds {args.seeds}`"
-        + (f" `--threads {args.threads}`" if args.threads else ""),
+        f"Command: `python benchmarks/bench_crf.py --steps {args.steps} --seeds {args.seeds}"
+        + (f" --threads {args.threads}`" if args.threads else "`"),
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}; "
         f"load average {os.getloadavg()[0]:.1f} at the end; {wall / 60:.0f} min for what was not already done.",
@@ -191,10 +234,11 @@ def readme_block(summary: list[dict[str, Any]], args: argparse.Namespace, wall: 
         f"without a CRF, with a spatial-only `crf3d` and with the spatial + appearance kernels (5 iterations, "
         f"spatial 3 x 5 x 5, appearance 3 x 5 x 5). Scores on {REGION}; FN-/FP-401 in % of the region's voxels; "
         "mean ± std over seeds; *vs none*: paired mIoU difference against the same seed without a CRF. Times "
-        f"from a separate timing pass ({TIMING_STEPS} train steps after {TIMING_WARMUP} warm-up steps; tiled "
-        f"prediction, overlap 0.25, batch 1, of {TIMING_SLICES} slices of {REGION}; load average at each "
-        "measurement in results/crf.json): train time per voxel seen (window voxels x batch x steps), predict "
-        "time per voxel. Validation once, at the end of each run (not used for anything).",
+        f"from a separate timing pass in which the three variants take turns ({TIMING_ROUNDS} rounds of "
+        f"{TIMING_STEPS} train steps on one fixed batch and a tiled prediction, overlap 0.25, batch 1, of the "
+        f"central {TIMING_CROP} x {TIMING_CROP} of {TIMING_SLICES} slices of {REGION}, after {TIMING_WARMUP} "
+        "warm-up steps; each variant's fastest round, the least disturbed by other work; load average in "
+        "results/crf.json): train time per voxel seen (window voxels x batch), predict time per voxel. Validation once, at the end of each run (not used for anything).",
         "",
         "| dataset | CRF | mIoU | vs none | FN-401 | FP-401 | train µs/voxel | predict µs/voxel | FLOPs/voxel |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -204,6 +248,10 @@ def readme_block(summary: list[dict[str, Any]], args: argparse.Namespace, wall: 
                      + ("-" if e["variant"] == "none" else _pm(e["miou_vs_none"], e["miou_vs_none_std"], 3))
                      + f" | {_pm(e['fn_401'], e['fn_401_std'], 2)} | {_pm(e['fp_401'], e['fp_401_std'], 2)} | "
                      f"{e['train_us_per_voxel']:.2f} | {e['predict_us_per_voxel']:.2f} | {e['flops_per_voxel']:,.0f} |")
+    contrast = appearance_vs_spatial(rows or [])
+    if contrast:
+        lines += ["", "Appearance kernel against spatial only, paired over seeds (spatial + appearance minus spatial, "
+                  "mean ± std of the per-seed differences):", "", *contrast]
     return "\n".join(lines)
 
 
@@ -232,14 +280,14 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         raise SystemExit("no dataset found: nothing measured")
     timing = {(t["dataset"], t["variant"]): t for t in
-              (time_one(d, v, args) for d in dict.fromkeys(r["dataset"] for r in rows) for v in VARIANTS)}
+              (t for d in dict.fromkeys(r["dataset"] for r in rows) for t in time_dataset(d, args))}
     for row in rows:  # the quality runs' own seconds depend on what else ran; the timing pass is the measurement
         row["train_us_per_voxel_run"] = row["train_us_per_voxel"]
         row["predict_us_per_voxel_run"] = row["predict_us_per_voxel"]
         t = timing[(row["dataset"], row["variant"])]
         row["train_us_per_voxel"], row["predict_us_per_voxel"] = t["train_us_per_voxel"], t["predict_us_per_voxel"]
     summary = summarise(rows)
-    block = readme_block(summary, args, time.perf_counter() - started)
+    block = readme_block(summary, args, time.perf_counter() - started, rows)
     print(block)
     if not args.no_readme:
         RESULTS.mkdir(parents=True, exist_ok=True)
