@@ -27,12 +27,14 @@ TINY_DATA = {"synthetic": {"seed": 2, "shape": [6, 64, 64]}, "classes": ["interi
 
 
 def quickstart_campaign(folder: Path, name: str, budget: dict | None = None, **overrides: Any) -> Path:
-    """examples/quickstart.yaml with absolute data/space paths, ``budget`` merged in and keys replaced."""
+    """examples/quickstart.yaml with absolute data/space paths, ``budget`` merged in (or, when it gives the old
+    one-rung ``steps`` form, in place of the example's successive-halving budget) and keys replaced."""
     raw = yaml.safe_load(QUICKSTART.read_text())
     raw["data"] = str((QUICKSTART.parent / raw["data"]).resolve())
     raw["space"] = str((QUICKSTART.parent / raw["space"]).resolve())
     raw["name"] = name
-    raw["budget"] = {**raw["budget"], **(budget or {})}
+    one_rung = budget is not None and "steps" in budget
+    raw["budget"] = dict(budget or {}) if one_rung else {**raw["budget"], **(budget or {})}
     raw.update(overrides)
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
