@@ -23,6 +23,7 @@ import cloudpickle
 import pytest
 from campaign_helpers import ROOT, kill_driver_when, release_requeued, trials_of, write_campaign
 from optuna.trial import TrialState
+from test_campaign_slurm import wait_for
 
 from arborseg.campaign.config import load_campaign
 from arborseg.campaign.driver import Campaign
@@ -34,16 +35,6 @@ from arborseg.jobs.warm import WarmPool
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get the task functions by value
 DEADLINE_S = 240  # a hang becomes a failure after this long; normal runs take a fraction of it
-
-
-def wait_for(what: str, condition, timeout_s: float = DEADLINE_S, poll_s: float = 0.05):
-    t0 = time.time()
-    while time.time() - t0 < timeout_s:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def outcome_of(job, what: str = "the task to end"):
