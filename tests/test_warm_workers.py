@@ -106,7 +106,7 @@ def test_killed_worker_fails_only_its_task_and_is_replaced(tmp_path):
 def test_workers_that_cannot_start_fail_the_waiting_tasks_instead_of_looping(tmp_path):
     ex = pool(tmp_path, workers=1, env={"PYTHONHOME": "/nonexistent"})  # no interpreter can start with this
     out = outcome_of(ex.submit(whoami, 1))
-    assert not out.ok and "3 warm workers in a row ended before taking a task" in out.reason
+    assert not out.ok and "3 warm worker jobs in a row ended before taking a task" in out.reason
     assert "\n" not in out.reason
     assert len(list((tmp_path / "jobs").glob("[0-9]*"))) == 3  # three tries, then no more workers
 

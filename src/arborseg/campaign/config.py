@@ -175,7 +175,7 @@ def load_campaign(path: str | Path) -> CampaignConfig:
     executor = {"kind": "local", **(raw.get("executor") or {})}
     if executor["kind"] not in EXECUTORS:
         raise CampaignError(f"{source}: executor.kind: {executor['kind']!r}{did_you_mean(executor['kind'], EXECUTORS)}")
-    if executor["kind"] == "local":
+    if executor["kind"] == "local" and "jobs_per_gpu" not in executor:
         # written out, as campaign.json has always shown it; the driver and the executor read the same default
         executor.setdefault("workers", DEFAULT_WORKERS["local"])
     train = dict(raw.get("train") or {})

@@ -23,7 +23,8 @@ What we learned about submitit 1.5.4 (and what this module does about it):
   result"). Start the driver with ``setsid``/``nohup`` if jobs must outlive the terminal.
 * Local GPUs: submitit sets ``CUDA_VISIBLE_DEVICES`` for every local job to the first
   ``gpus_per_node`` of ``visible_gpus`` (default: none, i.e. ``""``: no GPU at all). It does not spread
-  concurrent jobs over GPUs; a driver running several GPU jobs at once must choose the GPUs itself.
+  concurrent jobs over GPUs: with ``jobs_per_gpu`` this executor submits jobs one by one, each with
+  ``visible_gpus`` set to the card :class:`~arborseg.jobs.gpus.GpuSlots` chooses (read at submission).
 * A local job killed by a signal (SIGKILL, OOM killer) leaves no trace but a missing result file:
   the controller still exits 0. We report it as "killed: ... ended without writing a result".
 * SLURM: states come from ``sacct`` (submitit cannot see cancelled/killed jobs without it). submitit
@@ -54,8 +55,9 @@ import submitit
 import submitit.helpers
 
 from arborseg.errors import CampaignError
-from arborseg.jobs._submitit import inner_executor
+from arborseg.jobs._submitit import inner_executor, local_process
 from arborseg.jobs.checkpointable import THREADS_ENV
+from arborseg.jobs.gpus import GpuSlots, jobs_per_card, local_gpus, parse_jobs_per_gpu
 from arborseg.jobs.options import (
     DEFAULT_WORKERS,
     KINDS,
@@ -92,6 +94,9 @@ class ArborsegExecutor(submitit.AutoExecutor):
     jobs_dir: Path = Path()
     threads_per_job: int | None = None
     job_env: dict[str, str] = {}
+    #: local jobs_per_gpu: the card of each new job; slurm: warm workers per SLURM job (tasks sharing its GPU)
+    gpu_slots: GpuSlots | None = None
+    tasks_per_job: int = 1
 
     @property
     def record_kind(self) -> str:
@@ -102,7 +107,16 @@ class ArborsegExecutor(submitit.AutoExecutor):
         # local: the controller copies os.environ at Popen; slurm: sbatch exports the environment
         with _env_lock, submitit.helpers.environment_variables(**self.job_env), \
                 _sigint_caught(self.kind == "local"):
-            return super()._internal_process_submissions(delayed_submissions)
+            if self.gpu_slots is None:
+                return super()._internal_process_submissions(delayed_submissions)
+            jobs = []
+            for one in delayed_submissions:  # submitit reads visible_gpus as it starts each job
+                gpu = self.gpu_slots.next_gpu()
+                inner_executor(self).update_parameters(gpus_per_node=1, visible_gpus=(gpu,))
+                job = super()._internal_process_submissions([one])[0]
+                self.gpu_slots.hold(job, gpu)
+                jobs.append(job)
+            return jobs
 
 
 _env_lock = threading.Lock()
@@ -131,8 +145,8 @@ def _ignore_signal(signum: int, frame: Any) -> None:
     log.debug("signal %d ignored while local jobs were submitted", signum)
 
 
-def make_executor(kind: str, folder: Path | str, options: Mapping[str, Any] | None = None
-                  ) -> ArborsegExecutor | WarmPool:
+def make_executor(kind: str, folder: Path | str, options: Mapping[str, Any] | None = None,
+                  job_bytes: int | None = None) -> ArborsegExecutor | WarmPool:
     """Build a submitit executor for ``kind`` ("debug" | "local" | "slurm") writing jobs to ``folder``.
 
     With ``warm_workers: true`` (local, slurm) it is wrapped in a :class:`~arborseg.jobs.warm.WarmPool`: jobs
@@ -142,7 +156,8 @@ def make_executor(kind: str, folder: Path | str, options: Mapping[str, Any] | No
     ``options`` are the campaign's ``executor:`` settings (see :func:`valid_options`; a ``slurm_`` or
     ``local_`` prefix, as in submitit, is accepted too). Unknown or ill-typed options raise
     :class:`CampaignError` naming the valid ones. For slurm, ``folder`` must be on a filesystem the
-    compute nodes see.
+    compute nodes see. ``job_bytes``: the largest training memory of the jobs to come, for ``jobs_per_gpu: auto``
+    (without it, auto means one job per GPU).
     """
     check_kind(kind)
     opts = normalise_options(kind, dict(options or {}))
@@ -171,12 +186,78 @@ def make_executor(kind: str, folder: Path | str, options: Mapping[str, Any] | No
         return ex
     warm = warm_workers(kind, opts)
     idle_s = number_option(opts, "worker_idle_s", kind, default=DEFAULT_IDLE_S)
-    opts = {k: v for k, v in opts.items() if k not in ("warm_workers", "worker_idle_s")}
+    per_gpu = _jobs_per_gpu(kind, opts, job_bytes)
+    opts = {k: v for k, v in opts.items() if k not in ("warm_workers", "worker_idle_s", "jobs_per_gpu", "gpu_mem_gb")}
     if kind == "local":
+        if per_gpu is not None:
+            _pack_local_gpus(ex, opts, per_gpu)
         _configure_local(ex, opts)
     else:
+        if per_gpu is not None:
+            _pack_slurm_gpu(ex, opts, per_gpu, warm)
         _configure_slurm(ex, opts)
-    return WarmPool(ex, idle_s) if warm else ex
+    return WarmPool(ex, idle_s, tasks_per_job=ex.tasks_per_job) if warm else ex
+
+
+def _jobs_per_gpu(kind: str, opts: Mapping[str, Any], job_bytes: int | None) -> int | None:
+    """``jobs_per_gpu`` as a number (auto: from the card's memory and ``job_bytes``), None when not set."""
+    value = parse_jobs_per_gpu(opts.get("jobs_per_gpu"), kind)
+    if value != "auto":
+        return value  # type: ignore[return-value]
+    if job_bytes is None:
+        log.info("jobs_per_gpu auto: no memory estimate for these jobs, one job per GPU")
+        return 1
+    card = _card_bytes(kind, opts)
+    k = jobs_per_card(card, job_bytes)
+    log.info("jobs_per_gpu auto: %d (card %.1f GiB, largest job %.2f GiB + CUDA context)", k, card / 2**30,
+             job_bytes / 2**30)
+    return k
+
+
+def _card_bytes(kind: str, opts: Mapping[str, Any]) -> int:
+    if opts.get("gpu_mem_gb") is not None:
+        return int(number_option(opts, "gpu_mem_gb", kind, default=0) * 1e9)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CampaignError(f"executor ({kind}): jobs_per_gpu auto needs the GPU's memory and this machine has no "
+                            f"GPU to ask: add gpu_mem_gb (e.g. 80 for an 80 GB card) or give jobs_per_gpu a number")
+    gpus = opts.get("visible_gpus") or [0]
+    return min(torch.cuda.get_device_properties(int(g)).total_memory for g in gpus)
+
+
+def _pack_local_gpus(ex: ArborsegExecutor, opts: dict[str, Any], per_gpu: int) -> None:
+    """Local jobs get one card each, at most ``per_gpu`` per card; ``workers`` defaults to ``per_gpu x cards``."""
+    if int_option(opts, "gpus_per_node", "local", default=1, minimum=0) != 1:
+        raise CampaignError("executor (local): jobs_per_gpu gives each job one GPU; drop gpus_per_node or set it to 1")
+    gpus = local_gpus(opts.get("visible_gpus"))
+    slots = GpuSlots(gpus, per_gpu, lambda job: (p := local_process(job)) is not None and p.poll() is None)
+    most = per_gpu * len(slots.gpus)
+    if "workers" not in opts:
+        ex.workers = most
+    elif ex.workers > most:
+        log.info("local executor: workers %d > jobs_per_gpu %d x %d GPU(s): %d jobs at once", ex.workers, per_gpu,
+                 len(slots.gpus), most)
+        ex.workers = most
+    ex.gpu_slots = slots
+    opts.pop("gpus_per_node", None)
+    opts.pop("visible_gpus", None)  # chosen job by job
+
+
+def _pack_slurm_gpu(ex: ArborsegExecutor, opts: dict[str, Any], per_gpu: int, warm: bool) -> None:
+    """Each SLURM job holds one GPU and runs ``per_gpu`` warm workers on it as tasks."""
+    if not warm:
+        raise CampaignError("executor (slurm): jobs_per_gpu needs warm_workers: true (one SLURM job then runs "
+                            "jobs_per_gpu workers on its GPU); without it, ask your cluster for GPU shards or MPS "
+                            "through additional_parameters")
+    if int_option(opts, "gpus_per_node", "slurm", default=1, minimum=0) != 1:
+        raise CampaignError("executor (slurm): jobs_per_gpu shares one GPU per SLURM job; set gpus_per_node: 1")
+    opts["gpus_per_node"] = 1
+    ex.tasks_per_job = per_gpu
+    if ex.workers % per_gpu:
+        rounded = -(-ex.workers // per_gpu) * per_gpu
+        log.info("slurm executor: workers %d rounded up to %d (%d per GPU job)", ex.workers, rounded, per_gpu)
+        ex.workers = rounded
 
 
 def _configure_local(ex: ArborsegExecutor, opts: dict[str, Any]) -> None:
@@ -213,6 +294,8 @@ def _configure_slurm(ex: ArborsegExecutor, opts: dict[str, Any]) -> None:
     delay = int_option(opts, "signal_delay_s", "slurm", default=_default_signal_delay(timeout_int), minimum=0)
     _check_delay(delay, timeout_int, "slurm")
     params: dict[str, Any] = {"timeout_min": timeout_int, "slurm_signal_delay_s": delay}
+    if ex.tasks_per_job > 1:
+        params["tasks_per_node"] = ex.tasks_per_job
     cpus: int | None = None
     if "cpus_per_task" in opts:
         cpus = params["cpus_per_task"] = int_option(opts, "cpus_per_task", "slurm", default=1, minimum=1)

@@ -24,11 +24,14 @@ _COMMON = {
     "warm_workers": "true: run jobs in long-lived worker jobs that take task after task (torch imported and data "
                     "opened once per worker; see arborseg.jobs.warm); default false: one job per task",
     "worker_idle_s": "seconds a warm worker waits for a task before it leaves (default 60)",
+    "jobs_per_gpu": "jobs sharing one GPU (an integer, or auto: from the card's memory and the jobs' estimated "
+                    "training memory); see arborseg.jobs.gpus",
+    "gpu_mem_gb": "memory of one GPU in GB, for jobs_per_gpu: auto where this machine has no GPU to ask",
 }
 LOCAL_OPTIONS = {
     **_COMMON,
     "workers": f"jobs the driver runs at once (CPU threads are divided among them; default "
-               f"{DEFAULT_WORKERS['local']})",
+               f"{DEFAULT_WORKERS['local']}, with jobs_per_gpu: jobs_per_gpu x GPUs)",
     "signal_delay_s": "seconds before timeout_min at which the job is told to checkpoint",
     "gpus_per_node": "GPUs per job (default 0: submitit then hides every GPU, CUDA_VISIBLE_DEVICES='')",
     "visible_gpus": "GPU indices the jobs may use (list); each job gets the first gpus_per_node of them",
@@ -36,7 +39,8 @@ LOCAL_OPTIONS = {
 }
 SLURM_OPTIONS = {
     **_COMMON,
-    "workers": f"jobs the driver keeps in flight (default {DEFAULT_WORKERS['slurm']}; not passed to SLURM)",
+    "workers": f"jobs the driver keeps in flight (default {DEFAULT_WORKERS['slurm']}; not passed to SLURM; with "
+               f"jobs_per_gpu and warm_workers: worker processes, jobs_per_gpu to a SLURM job)",
     "partition": "SLURM partition",
     "cpus_per_task": "CPUs per job (also the default threads_per_job)",
     "gpus_per_node": "GPUs per job",

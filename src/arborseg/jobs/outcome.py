@@ -347,13 +347,14 @@ def _is_timeout_trace(text: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------- reattaching
-def reattach_job(folder: Path | str, job_id: str, kind: str) -> Job:
+def reattach_job(folder: Path | str, job_id: str, kind: str, task: int = 0) -> Job:
     """A job object for a job submitted by an earlier driver with ``make_executor(kind, folder, ...)``.
 
     Use :func:`job_state` / :func:`job_outcome` on it. SLURM jobs are looked up with sacct. Local jobs
     are found by their controller's pid (the job id) in ``/proc``, checked against the job folder so a
     reused pid does not count; a local job whose driver was killed with ``kill -9 <pid>`` keeps running
-    and its result is found here (see the module notes). Debug jobs cannot be reattached.
+    and its result is found here (see the module notes). Debug jobs cannot be reattached. ``task``: one task of a
+    SLURM job of several (its own result file; the job's state).
     """
     check_kind(kind)
     folder = Path(folder).expanduser().absolute() / "%j"
@@ -362,7 +363,7 @@ def reattach_job(folder: Path | str, job_id: str, kind: str) -> Job:
     if kind == "slurm":
         from submitit.slurm.slurm import SlurmJob
 
-        return SlurmJob(folder=folder, job_id=str(job_id))
+        return SlurmJob(folder=folder, job_id=str(job_id), tasks=(int(task),))
     from submitit.local.local import LocalJob
 
     return LocalJob(folder=folder, job_id=str(job_id))

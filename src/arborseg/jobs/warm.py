@@ -22,6 +22,11 @@ the rest; a SLURM preemption or time limit requeues the worker, which first resu
 continue from their checkpoints); a driver that restarts follows the tasks that finished or are held by a live
 worker and takes back the ones still waiting (it submits their work again), so none is lost or run twice.
 ``timeout_min`` limits a worker's life, not one task's.
+
+Several workers can share one SLURM job (``jobs_per_gpu`` on SLURM, :mod:`arborseg.jobs.gpus`): its ``k`` tasks
+are workers ``<name>-0`` ... ``<name>-<k-1>`` that share its GPU. Only task 0 is told of a preemption (submitit
+checkpoints and requeues from it); the others are requeued with it and, like it, resume the task they held
+from that task's last checkpoint.
 """
 
 from __future__ import annotations
@@ -134,6 +139,7 @@ class WarmWorker(CheckpointableJob):
 
     def run(self) -> int:
         files = WarmFiles(Path(self.root))
+        self.name = worker_name(self.name)
         self._register(files)
         born = time.time() - (process_age_seconds() or 0.0)
         done, idle_since = 0, time.monotonic()
@@ -155,7 +161,7 @@ class WarmWorker(CheckpointableJob):
 
         env = submitit.JobEnvironment()
         record = {"job_id": str(env.job_id), "kind": os.environ.get("SUBMITIT_EXECUTOR", "local"),
-                  "folder": str(Path(self.root).parent), "pid": os.getpid()}
+                  "folder": str(Path(self.root).parent), "pid": os.getpid(), "task": env.global_rank}
         _write_atomic(files.workers / f"{self.name}.json", json.dumps(record).encode())
         files.claimed(self.name).mkdir(parents=True, exist_ok=True)
 
@@ -195,6 +201,18 @@ class WarmWorker(CheckpointableJob):
         current = getattr(self, "_current", None)
         if current is not None and hasattr(current, "on_preempt"):
             current.on_preempt()
+
+
+def worker_name(base: str) -> str:
+    """This process's worker name: ``base``, or ``base-<rank>`` in a SLURM job of several worker tasks."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    try:
+        tasks = int(env.num_tasks)
+    except (KeyError, ValueError, TypeError):
+        tasks = 1
+    return f"{base}-{env.global_rank}" if tasks > 1 else base
 
 
 def _tidy() -> None:
@@ -355,7 +373,8 @@ class WarmQueue:
             if record is None:
                 return None
             try:
-                self._worker_jobs[worker] = reattach_job(record["folder"], record["job_id"], record["kind"])
+                self._worker_jobs[worker] = reattach_job(record["folder"], record["job_id"], record["kind"],
+                                                         int(record.get("task", 0)))
             except Exception as e:
                 log.debug("warm worker %s cannot be found: %s", worker, e)
                 return None
@@ -375,7 +394,7 @@ class WarmPool(WarmQueue):
     """An executor (``kind``, ``workers``, ``submit``, ``batch``) that runs job functions on warm workers started
     through the submitit ``executor``; ``release()`` lets idle workers go when the caller is done."""
 
-    def __init__(self, executor: Any, idle_s: float = DEFAULT_IDLE_S) -> None:
+    def __init__(self, executor: Any, idle_s: float = DEFAULT_IDLE_S, tasks_per_job: int = 1) -> None:
         super().__init__(Path(executor.jobs_dir) / WARM_DIR)
         self.executor = executor
         self.kind: str = executor.kind
@@ -383,8 +402,9 @@ class WarmPool(WarmQueue):
         self.jobs_dir: Path = executor.jobs_dir
         self.threads_per_job = executor.threads_per_job
         self.idle_s = idle_s
+        self.tasks_per_job = tasks_per_job  # workers per submitit job (its tasks)
         self._own: list[str] = []
-        self._failed_starts: list[str] = []
+        self._failed_starts: dict[str, str] = {}  # job id -> reason, of worker jobs that ended before a task
         self.files.stop.unlink(missing_ok=True)
 
     @property
@@ -424,18 +444,20 @@ class WarmPool(WarmQueue):
             if ended is None:
                 live.append(worker)
             elif not ended.ok and "pid" not in (self.files.worker_record(worker) or {}):
-                self._failed_starts.append(ended.reason or "no reason given")  # it died before taking any task
+                # it died before taking any task (the workers of one job count once)
+                self._failed_starts[str(ended.job_id or worker)] = ended.reason or "no reason given"
             elif "pid" in (self.files.worker_record(worker) or {}):
                 self._failed_starts.clear()
         self._own = live
         if len(self._failed_starts) >= MAX_FAILED_STARTS:
-            self._fail_waiting(f"{len(self._failed_starts)} warm workers in a row ended before taking a task, the "
-                               f"last: {self._failed_starts[-1]}")
+            self._fail_waiting(f"{len(self._failed_starts)} warm worker jobs in a row ended before taking a task, "
+                               f"the last: {list(self._failed_starts.values())[-1]}")
             self._failed_starts.clear()
             return
-        need = min(self.workers - len(live), len(self.files.waiting()))
-        if need > 0:
-            self._start(need)
+        free = self.workers - len(live)
+        jobs = min(-(-len(self.files.waiting()) // self.tasks_per_job), free // self.tasks_per_job)
+        if jobs > 0:
+            self._start(jobs)
 
     def _fail_waiting(self, reason: str) -> None:
         """Fail every waiting task with ``reason`` (workers cannot start: the caller's retry policy decides)."""
@@ -447,22 +469,27 @@ class WarmPool(WarmQueue):
             log.error("warm task %s: %s", path.stem, reason)
             self.files.lose(path.stem, reason, "FAILED")
 
-    def _start(self, n: int) -> None:
+    def _start(self, n_jobs: int) -> None:
+        """Start ``n_jobs`` worker jobs (``tasks_per_job`` workers each)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
+        k = self.tasks_per_job
         workers = [WarmWorker(str(self.files.root), f"w{stamp}-{secrets.token_hex(3)}", self.idle_s)
-                   for _ in range(n)]
-        if n > 1 and self.kind == "slurm":
+                   for _ in range(n_jobs)]
+        if len(workers) > 1 and self.kind == "slurm":
             with self.executor.batch():
                 jobs = [self.executor.submit(w) for w in workers]
         else:
             jobs = [self.executor.submit(w) for w in workers]
         for worker, job in zip(workers, jobs):
-            self._worker_jobs[worker.name] = job
-            self._own.append(worker.name)
-            record = {"job_id": str(job.job_id), "kind": self.kind, "folder": str(self.jobs_dir)}
-            if self.files.worker_record(worker.name) is None:  # the worker writes it too, with its pid
-                _write_atomic(self.files.workers / f"{worker.name}.json", json.dumps(record).encode())
-        log.info("started %d warm worker(s): %s", n, ", ".join(str(j.job_id) for j in jobs))
+            for rank in range(k):  # a job of k tasks: each its own worker, with its own result file
+                name = f"{worker.name}-{rank}" if k > 1 else worker.name
+                record = {"job_id": str(job.job_id), "kind": self.kind, "folder": str(self.jobs_dir), "task": rank}
+                self._worker_jobs[name] = job._sub_jobs[rank] if k > 1 else job
+                self._own.append(name)
+                if self.files.worker_record(name) is None:  # the worker writes it too, with its pid
+                    _write_atomic(self.files.workers / f"{name}.json", json.dumps(record).encode())
+        log.info("started %d warm worker(s) in %d job(s): %s", len(workers) * k, len(jobs),
+                 ", ".join(str(j.job_id) for j in jobs))
 
     def release(self) -> None:
         """The caller has no more work: idle workers leave now instead of after ``idle_s``."""
