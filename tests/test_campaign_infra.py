@@ -24,7 +24,7 @@ import pytest
 from campaign_helpers import release_requeued
 
 from arborseg.campaign import worker_trial
-from arborseg.campaign.storage import make_storage, open_storage, redact, storage_url
+from arborseg.campaign.storage import make_storage, open_storage, redact, set_user_attrs, storage_url
 from arborseg.campaign.worker_trial import OptunaReporter, attach_trial, trial_id
 from arborseg.errors import CampaignError
 from arborseg.jobs import _submitit
@@ -136,6 +136,22 @@ def test_attach_errors_and_reporters(tmp_run_dir, study_name):
 
 
 # ---------------------------------------------------------------------------------- storages
+def test_user_attrs_set_together(storage_spec, tmp_run_dir, study_name):
+    """set_user_attrs (one upsert on SQLite/PostgreSQL) writes, overwrites and reads back like set_user_attr."""
+    study = optuna.create_study(storage=make_storage(storage_spec, tmp_run_dir), study_name=study_name)
+    trial = study.ask()
+    trial.set_user_attr("kept", 1)
+    set_user_attrs(trial, {"task": "random:0", "rung_values": {"30": 0.5}, "paused": False, "kept": [1, 2]})
+    set_user_attrs(trial, {"paused": True, "job_id": "42"})
+    expected = {"task": "random:0", "rung_values": {"30": 0.5}, "paused": True, "kept": [1, 2], "job_id": "42"}
+    assert trial.user_attrs == expected
+    fresh = optuna.load_study(study_name=study_name, storage=open_storage(storage_url(storage_spec, tmp_run_dir)))
+    assert fresh.trials[0].user_attrs == expected
+    study.tell(trial, 1.0)
+    with pytest.raises(RuntimeError, match="finished"):
+        set_user_attrs(trial, {"a": 1, "b": 2})  # as optuna refuses for one attribute
+
+
 def test_storage_specs_round_trip(storage_spec, tmp_run_dir, study_name):
     url = storage_url(storage_spec, tmp_run_dir)
     assert url == storage_url(url, tmp_run_dir)  # a URL is its own spec

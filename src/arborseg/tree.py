@@ -141,7 +141,8 @@ class ModuleTree:
         }
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: ~10x faster, the same YAML
+        return yaml.dump(self.to_dict(), Dumper=dumper, sort_keys=False, default_flow_style=None, width=100)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -33,8 +33,9 @@ import optuna
 from optuna.trial import TrialState
 
 from arborseg.campaign.config import CampaignConfig
-from arborseg.campaign.optuna_draw import OptunaDraw
+from arborseg.campaign.optuna_draw import OptunaDraw, ask_replayed
 from arborseg.campaign.rungs import Contender, finished, promotions
+from arborseg.campaign.storage import set_user_attrs
 from arborseg.campaign.worker_trial import live_trial, trial_id
 from arborseg.errors import CampaignError
 from arborseg.log import get_logger
@@ -302,6 +303,14 @@ class Campaign:
                             "space's windows and widths", len(self._random), n, self.max_gflops)
         return self._random
 
+    def largest_job_bytes(self) -> int | None:
+        """For ``jobs_per_gpu: auto``: the largest training memory of the campaign's trees (None when not asked)."""
+        if self.cfg.executor.get("jobs_per_gpu") != "auto":
+            return None
+        from arborseg.train.memory import largest_training_bytes
+
+        return largest_training_bytes(self.random_trees() + self.portfolio_trees(), len(self.cfg.data.classes))
+
     def portfolio_trees(self) -> list[ModuleTree]:
         """The portfolio's trees, in order (the space's, then the campaign's); those over ``max_gflops`` are left
         out with a warning."""
@@ -406,8 +415,7 @@ class Campaign:
                     break
                 entry = self.entries[contender.key]
                 contender.target, entry.attempt = rung, 1
-                for key, value in {"target_rung": rung, "attempt": 1}.items():
-                    entry.trial.set_user_attr(key, value)
+                set_user_attrs(entry.trial, {"target_rung": rung, "attempt": 1})
                 log.info("trial %s (%s) goes on to rung %d (%d steps)", entry.trial.number, contender.key, rung,
                          self.plan.rung_steps[rung])
                 out.append(RungJob(rung, entry=entry))
@@ -438,9 +446,8 @@ class Campaign:
             if tree.id != task.tree.id:
                 raise CampaignError(f"replaying portfolio tree {task.tree.name} through Optuna gave {tree.name}")
         elif task.key.startswith("random:"):
-            study.enqueue_trial(dict(task.tree.choices), user_attrs={"task": task.key}, skip_if_exists=False)
-            trial = study.ask()
-            tree = self.space.sample(OptunaDraw(trial))  # replays the enqueued values as Optuna parameters
+            # the drawn values become the trial's Optuna parameters (so TPE refinements learn from them)
+            trial, tree = ask_replayed(study, self.space, dict(task.tree.choices), {"task": task.key})
             if tree.id != task.tree.id:
                 raise CampaignError(f"replaying tree {task.tree.name} through Optuna gave {tree.name}; "
                                     "the search space file changed since the campaign started")
@@ -465,9 +472,8 @@ class Campaign:
             if self.within_cap(tree):
                 return trial, tree
             reason = f"over max_gflops: {self.gflops(tree):.1f} > {self.max_gflops} GFLOPs per window; not trained"
-            for key, value in {"fail_reason": reason, "over_cap": True, "tree_name": tree.name,
-                               "tree_id": tree.id, "parent_tree_id": parent.id, "phase": "refine"}.items():
-                trial.set_user_attr(key, value)
+            set_user_attrs(trial, {"fail_reason": reason, "over_cap": True, "tree_name": tree.name,
+                                   "tree_id": tree.id, "parent_tree_id": parent.id, "phase": "refine"})
             study.tell(trial, state=TrialState.FAIL)
             log.info("refinement of %s: %s", parent.name, reason)
         study.enqueue_trial(parent.refinable_choices(), skip_if_exists=False)
@@ -483,8 +489,7 @@ class Campaign:
                  "family": tree.family, "tree_file": str(tree_file), "artifact_dir": str(out_dir), "attempt": 1,
                  "executor": self.record_kind, "job_folder": str(self.folder.jobs_dir),
                  "parent_tree_id": task.tree.id, "target_rung": 0, "rung_values": {}}
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        set_user_attrs(trial, attrs)
         entry = Entry(task, trial, study, out_dir, str(tree_file), self.contenders[task.key])
         self.entries[task.key] = entry
         return entry
@@ -503,9 +508,8 @@ class Campaign:
         return Running(entry, item.target), job_fn
 
     def _submitted(self, run: Running, job: Any) -> None:
-        for key, value in {"job_id": str(job.job_id), "job_rung": run.target, "log_path": str(job.paths.stderr),
-                           "paused": False}.items():
-            run.entry.trial.set_user_attr(key, value)
+        set_user_attrs(run.entry.trial, {"job_id": str(job.job_id), "job_rung": run.target,
+                                         "log_path": str(job.paths.stderr), "paused": False})
 
     def finish(self, run: Running, job_result) -> RungJob | None:
         """Record how a rung's job ended (a :class:`~arborseg.jobs.outcome.JobOutcome`); return a retry or None.
@@ -534,8 +538,7 @@ class Campaign:
                       "rung_values": {str(self.plan.rung_steps[k]): v for k, v in sorted(contender.values.items())}}
             if rung < self.plan.top:
                 attrs["paused"] = True
-            for key, attr in attrs.items():
-                trial.set_user_attr(key, attr)
+            set_user_attrs(trial, attrs)
             if rung == self.plan.top:
                 entry.study.tell(trial, value)
                 contender.done = True
@@ -547,8 +550,7 @@ class Campaign:
             reason = reason or "unknown failure"
             if entry.attempt <= self.cfg.retries:
                 entry.attempt += 1
-                trial.set_user_attr("attempt", entry.attempt)
-                trial.set_user_attr("last_failure", reason)
+                set_user_attrs(trial, {"attempt": entry.attempt, "last_failure": reason})
                 log.warning("trial %s (%s) failed at rung %d (%s): attempt %d continues from its checkpoint",
                             trial.number, entry.task.key, rung, reason, entry.attempt)
                 return RungJob(rung, entry=entry)
@@ -575,8 +577,7 @@ class Campaign:
             if not contender.paused:
                 continue
             reason = f"not promoted past rung {contender.rung} ({self.plan.rung_steps[contender.rung]} steps)"
-            for key, value in {"prune_reason": reason, "stopped_rung": contender.rung, "paused": False}.items():
-                entry.trial.set_user_attr(key, value)
+            set_user_attrs(entry.trial, {"prune_reason": reason, "stopped_rung": contender.rung, "paused": False})
             entry.study.tell(entry.trial, state=TrialState.PRUNED)
             contender.done = True
             self.stats[ResultState.PRUNED] += 1
@@ -622,7 +623,7 @@ class Campaign:
         log.debug("%s", self.plan.describe())  # the CLI prints it
         kind = self.cfg.executor["kind"]
         executor = make_executor(kind, self.folder.jobs_dir, {k: v for k, v in self.cfg.executor.items()
-                                                               if k != "kind"})
+                                                               if k != "kind"}, job_bytes=self.largest_job_bytes())
         done_jobs = sum(len(c.values) + (1 if c.done and not c.values else 0) for c in self.contenders.values())
         total = self.plan.jobs()
         with tqdm(total=total, initial=min(done_jobs, total), desc=self.cfg.name, unit="job",

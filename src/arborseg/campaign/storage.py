@@ -34,6 +34,7 @@ from arborseg.errors import CampaignError
 from arborseg.log import get_logger
 
 if TYPE_CHECKING:  # optuna and sqlalchemy are imported lazily: `import arborseg.campaign` stays light
+    import optuna
     from optuna.storages import BaseStorage
 
 log = get_logger(__name__)
@@ -213,8 +214,58 @@ def _open_rdb(url_str: str) -> BaseStorage:
             "connections from this host, that the database exists (createdb) and the user/password are "
             "right, or use storage: sqlite / journal"
         ) from None
+    if backend == "sqlite":
+        from sqlalchemy import event
+
+        event.listen(storage.engine, "connect", _sqlite_pragmas)
+        storage.engine.dispose()  # connections opened while optuna set up its tables get the pragma too
     log.debug("RDB storage %s", shown)
     return storage
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Set several user attributes of a running trial: in one transaction on an RDB storage, one write per key on
+    others (a journal write is an append). Per-key transactions were most of the driver's CPU time per trial on
+    SQLite (benchmarks/bench_scale.py)."""
+    from optuna.storages import RDBStorage
+
+    storage = trial.storage
+    backend = getattr(storage, "_backend", storage)  # optuna wraps RDB storages in a _CachedStorage
+    if not isinstance(backend, RDBStorage) or len(attrs) < 2:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    import json
+
+    from optuna.storages._rdb import models  # private: verified with optuna 5.0 (tests/test_campaign_storage.py)
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    table = models.TrialUserAttributeModel
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
+        backend.check_trial_is_updatable(trial._trial_id, row.state)  # type: ignore[arg-type]
+        engine = backend.engine.name
+        if engine in ("sqlite", "postgresql"):  # one upsert for all keys, as optuna does for one
+            if engine == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+            stmt = insert(table).values([{"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)}
+                                         for k, v in attrs.items()])
+            session.execute(stmt.on_conflict_do_update(index_elements=[table.trial_id, table.key],
+                                                       set_={"value_json": stmt.excluded.value_json}))
+        else:
+            for key, value in attrs.items():
+                backend._set_trial_attr_without_commit(session, table, trial._trial_id, key, value)
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr does after its write
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Every SQLite connection: WAL's usual ``synchronous=NORMAL`` (a commit no longer waits for fsync; a killed
+    process loses nothing committed, a power cut may lose the last commits, never the file's integrity)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def _enable_wal(db: Path, timeout: float) -> None:
