@@ -1,5 +1,6 @@
-"""GPU readiness in one short run (issue 14, item 9): CUDA training with autocast, several trials sharing one
-GPU, tiled prediction, and a short campaign on the new schedule (successive halving with continued training).
+"""GPU readiness in one short run (issue 14, item 9; issue 15): CUDA training with autocast, several trials
+sharing one GPU (``jobs_per_gpu`` k = 1, 2, 4, 8: trials per hour and GPU utilisation), tiled prediction, and a
+short campaign on the new schedule (successive halving with continued training).
 
     bash benchmarks/gpu_check.sh            # on a machine with one CUDA GPU; about 5 minutes
     python benchmarks/gpu_check.py --device cpu --quick   # the same code path on CPU, tiny (a dry run)
@@ -76,6 +77,73 @@ def step_times(amp: bool, steps: int, work: Path, device: str) -> dict:
             else None}
 
 
+def executor(device: str, per_gpu: int) -> dict:
+    """Local warm workers, ``per_gpu`` of them on the GPU (on CPU, a dry run: as many workers, no GPU)."""
+    base = {"kind": "local", "timeout_min": 20, "warm_workers": True, "worker_idle_s": 30}
+    if device.startswith("cuda"):
+        return {**base, "jobs_per_gpu": per_gpu, "visible_gpus": [0]}
+    return {**base, "workers": per_gpu}
+
+
+class GpuSampler:
+    """Samples the GPU's utilisation and memory with nvidia-smi every 0.5 s while it is open."""
+
+    def __enter__(self) -> GpuSampler:
+        import subprocess
+
+        self.proc = None
+        if shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                          "--format=csv,noheader,nounits", "-lms", "500"],
+                                         stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.samples: list[tuple[float, float]] = []
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        for line in out.splitlines():
+            try:
+                util, mem = (float(v) for v in line.split(","))
+            except ValueError:
+                continue
+            self.samples.append((util, mem))
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"gpu_util_mean": None, "gpu_mem_max_mb": None}
+        return {"gpu_util_mean": round(sum(u for u, _ in self.samples) / len(self.samples), 1),
+                "gpu_mem_max_mb": max(m for _, m in self.samples)}
+
+
+def packing(work: Path, device: str, ks: list[int], trials: int, steps: int) -> list[dict]:
+    """Trials per hour with k trials sharing the GPU: the same one-rung campaign of quickstart trees per k."""
+    from arborseg.campaign.config import load_campaign
+    from arborseg.campaign.driver import Campaign
+
+    out = []
+    for k in ks:
+        cfg = {"name": f"pack{k}", "data": str(ROOT / "examples" / "quickstart_data.yaml"),
+               "space": str(ROOT / "search_spaces" / "quickstart.yaml"),
+               "budget": {"random_trees": trials, "refine_top": 0, "steps": steps, "eval_every": steps},
+               "objective": {"metric": "fg_iou"}, "executor": executor(device, k), "storage": "sqlite",
+               "train": {"seed": 0, "overlays": False, "device": device}}
+        path = work / f"pack{k}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        run = Campaign(load_campaign(path), work / "pack_runs", progress=False)
+        with GpuSampler() as gpu:
+            started = time.perf_counter()
+            run.run()
+            wall = time.perf_counter() - started
+        row = {"k": k, "trials": trials, "steps": steps, "wall_s": round(wall, 1),
+               "trials_per_hour": round(3600 * trials / wall), **gpu.summary()}
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
 def campaign(work: Path, device: str, quick: bool) -> dict:
     """A short campaign in rungs on ``device``: 4 local workers share one GPU (several trials per GPU)."""
     from arborseg.campaign.config import load_campaign
@@ -87,7 +155,7 @@ def campaign(work: Path, device: str, quick: bool) -> dict:
                       "refine_top": 0} if quick else {"total_steps": 6000, "first_rung": 100, "eta": 3, "rungs": 3,
                                                       "refine_top": 1, "refine_trials": 3},
            "objective": {"metric": "fg_iou"}, "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-           "executor": {"kind": "local", "workers": 2 if quick else 4, "timeout_min": 20}, "storage": "sqlite",
+           "executor": executor(device, 2 if quick else 4), "storage": "sqlite",
            "train": {"seed": 0, "overlays": False, "device": device, "amp": True}}
     path = work / "gpu_check.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -140,6 +208,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run of the same code")
     parser.add_argument("--quick", action="store_true", help="a tiny campaign and few steps (dry runs)")
+    parser.add_argument("--jobs-per-gpu", type=int, nargs="*", default=[1, 2, 4, 8],
+                        help="k values of the packing check (none: skip it)")
+    parser.add_argument("--packing-trials", type=int, default=16, help="trials of each packing campaign")
+    parser.add_argument("--packing-steps", type=int, default=60, help="train steps of each packing trial")
     args = parser.parse_args()
     global QUICK
     QUICK = args.quick
@@ -157,6 +229,9 @@ def main() -> int:
         result["speedup_autocast"] = round(result["train_step_fp32"]["median_s"]
                                            / result["train_step_autocast"]["median_s"], 2)
         print(json.dumps({k: result[k] for k in ("device", "train_step_fp32", "train_step_autocast")}), flush=True)
+        if args.jobs_per_gpu:
+            result["packing"] = packing(work, args.device, args.jobs_per_gpu, 4 if args.quick else args.packing_trials,
+                                        2 if args.quick else args.packing_steps)
         result["campaign"] = campaign(work, args.device, args.quick)
         print(json.dumps(result["campaign"]["plan"]), flush=True)
         result["prediction"] = prediction(result["campaign"]["best_model"], args.device)
