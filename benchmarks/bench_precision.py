@@ -72,12 +72,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sampled", type=int, default=3, help="hybrid trees sampled (default 3)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--force", action="store_true", help="measure bf16 even where it is emulated (1 probe step)")
+    ap.add_argument("--trees", nargs="+", choices=["A", "B", "hybrid"], default=["A", "B", "hybrid"],
+                    help="which trees (emulated bf16 on baseline A's 3D convolutions takes many minutes a step)")
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args(argv)
     native = native_bf16_cpu()
     bf16_steps = args.steps if native else 1
     rows = []
     for label, tree in trees(args.sampled):
+        if label.split()[0] not in args.trees:
+            continue
         for threads in args.threads:
             fp32 = step_seconds(tree, None, args.steps, threads)
             bf16 = step_seconds(tree, torch.bfloat16, bf16_steps, threads) if native or args.force else float("nan")
@@ -85,8 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{label} window {list(tree.window)} threads {threads}: fp32 {fp32:.3f} s, bf16 {bf16:.3f} s",
                   flush=True)
     lines = [
-        f"Command: `python benchmarks/bench_precision.py --steps {args.steps}" + (" --force" if args.force else "")
-        + "`",
+        f"Command: `python benchmarks/bench_precision.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, "
         f"oneDNN native bf16: **{'yes' if native else 'no'}** (so `precision: auto` trains in "
