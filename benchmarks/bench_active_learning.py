@@ -224,9 +224,10 @@ def report(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
     b = budgets(args.full)
     parts = []
     if tiles:
-        t = b["tiles"]
+        t = {**b["tiles"], **({"steps": args.steps} if args.steps else {})}
+        start = f"from the encoder in {args.init}" if args.init else "from scratch"
         parts.append(f"**Tiles** ({t['tile']}x{t['tile']}; {t['initial']} at the start, {t['per_round']} per round, "
-                     f"{t['rounds']} rounds; {t['steps']} training steps per round, from scratch). Foreground IoU "
+                     f"{t['rounds']} rounds; {t['steps']} training steps per round, {start}). Foreground IoU "
                      "(mean ± std over seeds) against labeled tiles:\n\n"
                      + markdown(*curve_table(rows, "tiles", "fg_iou"))
                      + "\n\nFN-401 (% of eval voxels; lower is better):\n\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -152,3 +153,55 @@ def test_slurm_job_runs_k_warm_workers_as_its_tasks(slurm_cluster, tmp_path):
     finally:
         ex.release()
         go.touch()
+
+
+def note_and_wait(started: str, go: str) -> int:
+    """Append this process's pid to ``started`` (once per run of the task), wait for ``go``."""
+    with open(started, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    while not Path(go).exists():
+        time.sleep(0.02)
+    return os.getpid()
+
+
+def runs_of(path: Path) -> int:
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+@pytest.mark.slurm
+def test_slurm_preempted_job_of_k_workers_resumes_every_workers_task(slurm_cluster, tmp_path):
+    from campaign_helpers import release_requeued
+    from test_campaign_slurm import squeue_state
+
+    cpus = slurm_cluster["cpus"]
+    ex = _slurm_executor(tmp_path, {"partition": "debug", "timeout_min": 5, "cpus_per_task": max(1, cpus // 2),
+                                    "mem_gb": 1, "warm_workers": True, "worker_idle_s": 30, "jobs_per_gpu": 2,
+                                    "workers": 2})
+    del inner_executor(ex.executor).parameters["gpus_per_node"]  # no GPUs on the test cluster
+    go, marks = tmp_path / "go", [tmp_path / f"runs-{i}" for i in range(2)]
+    jobs = [ex.submit(note_and_wait, str(mark), str(go)) for mark in marks]
+    high = worker_job = None
+    try:
+        wait_for("both tasks to start", lambda: all(runs_of(m) == 1 for m in marks), timeout_s=180)
+        records = [json.loads(p.read_text()) for p in ex.files.workers.glob("*.json")]
+        worker_job = records[0]["job_id"]
+        res = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", str(cpus), "--mem=100M", "-t", "1",
+                              "-o", str(tmp_path / "high.out"), "--wrap", "sleep 1"],
+                             capture_output=True, text=True, check=True)
+        high = res.stdout.strip().split(";")[0]
+        wait_for(f"worker job {worker_job} to be requeued", lambda: squeue_state(worker_job) == "PENDING",
+                 timeout_s=120)
+        release_requeued(worker_job)
+        wait_for("both workers to take their tasks up again", lambda: all(runs_of(m) == 2 for m in marks),
+                 timeout_s=180)
+        go.touch()
+        outcomes = [wait_for("a task to end", lambda j=j: job_outcome(j)) for j in jobs]
+        assert all(o.ok for o in outcomes), [o.reason for o in outcomes]
+        names = sorted(p.stem for p in ex.files.workers.glob("*.json"))
+        assert len(names) == 2 and [n[-2:] for n in names] == ["-0", "-1"], names  # the same two workers
+    finally:
+        ex.release()
+        go.touch()
+        for jid in (high, worker_job):
+            if jid:
+                subprocess.run(["scancel", jid], capture_output=True)

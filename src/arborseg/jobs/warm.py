@@ -135,11 +135,11 @@ class WarmWorker(CheckpointableJob):
     idle_s: float = DEFAULT_IDLE_S
 
     def __getstate__(self) -> dict[str, Any]:  # submitit pickles the worker when it is requeued
-        return {k: v for k, v in self.__dict__.items() if k != "_current"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_current", "me")}
 
     def run(self) -> int:
         files = WarmFiles(Path(self.root))
-        self.name = worker_name(self.name)
+        self.me = worker_name(self.name)  # self.name stays the base: a requeued job's tasks all unpickle it
         self._register(files)
         born = time.time() - (process_age_seconds() or 0.0)
         done, idle_since = 0, time.monotonic()
@@ -147,7 +147,7 @@ class WarmWorker(CheckpointableJob):
             path = self._next(files)
             if path is None:
                 if files.stop.exists() or time.monotonic() - idle_since > self.idle_s:
-                    log.info("warm worker %s: %d task(s) done, leaving", self.name, done)
+                    log.info("warm worker %s: %d task(s) done, leaving", self.me, done)
                     return done
                 time.sleep(WORKER_POLL_S)
                 continue
@@ -162,12 +162,12 @@ class WarmWorker(CheckpointableJob):
         env = submitit.JobEnvironment()
         record = {"job_id": str(env.job_id), "kind": os.environ.get("SUBMITIT_EXECUTOR", "local"),
                   "folder": str(Path(self.root).parent), "pid": os.getpid(), "task": env.global_rank}
-        _write_atomic(files.workers / f"{self.name}.json", json.dumps(record).encode())
-        files.claimed(self.name).mkdir(parents=True, exist_ok=True)
+        _write_atomic(files.workers / f"{self.me}.json", json.dumps(record).encode())
+        files.claimed(self.me).mkdir(parents=True, exist_ok=True)
 
     def _next(self, files: WarmFiles) -> Path | None:
         """The task this worker held when it was requeued, else the oldest queued one (claimed here)."""
-        mine = files.claimed(self.name)
+        mine = files.claimed(self.me)
         for path in sorted(mine.glob("*.pkl")):
             if files.result(path.stem).exists():  # finished just before a requeue
                 path.unlink(missing_ok=True)
@@ -184,7 +184,7 @@ class WarmWorker(CheckpointableJob):
 
     def _run_task(self, files: WarmFiles, path: Path) -> None:
         task = path.stem
-        result: dict[str, Any] = {"worker": self.name}
+        result: dict[str, Any] = {"worker": self.me}
         try:
             fn = cloudpickle.loads(path.read_bytes())
             self._current = fn
