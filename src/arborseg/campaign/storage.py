@@ -237,7 +237,7 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         return
     import json
 
-    from optuna.storages._rdb import models  # private: verified with optuna 5.0 (tests/test_campaign_storage.py)
+    from optuna.storages._rdb import models  # private: verified with optuna 5.0 (tests/test_campaign_infra.py)
     from optuna.storages._rdb.storage import _create_scoped_session
 
     table = models.TrialUserAttributeModel

@@ -258,6 +258,32 @@ def tile_outputs(
     yield from flush(len(keys))
 
 
+def leaf_output_bytes(model: torch.nn.Module, window: Sequence[int], device: str | torch.device = "cpu"
+                      ) -> list[int]:
+    """Bytes of every leaf module's output for one zero window (one forward pass in eval mode, with hooks), in
+    the order they were produced; the model's training mode is restored afterwards."""
+    sizes: list[int] = []
+
+    def hook(_module, _inputs, output):
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                sizes.append(t.numel() * t.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    try:
+        model.eval()
+        param = next(model.parameters(), None)
+        dev = param.device if param is not None else torch.device(device)
+        with torch.inference_mode():
+            model(torch.zeros((1, 1, *window), device=dev))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return sizes
+
+
 def activation_bytes(model: Any, window: Sequence[int], device: str | torch.device = "cpu") -> int:
     """Rough peak memory of the model's activations for ONE window, in bytes.
 
@@ -273,25 +299,7 @@ def activation_bytes(model: Any, window: Sequence[int], device: str | torch.devi
     voxels = int(np.prod(w))
     if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
         return 256 * voxels  # no hooks on TorchScript modules: give their estimate to predict_to_store
-    sizes: list[int] = []
-
-    def hook(_module, _inputs, output):
-        for t in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(t, torch.Tensor):
-                sizes.append(t.numel() * t.element_size())
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    was_training = model.training
-    try:
-        model.eval()
-        param = next(model.parameters(), None)
-        dev = param.device if param is not None else torch.device(device)
-        with torch.inference_mode():
-            model(torch.zeros((1, 1, *w), device=dev))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    sizes = leaf_output_bytes(model, w, device)
     if not sizes:
         return 256 * voxels
     return int(3 * max(sizes) + sum(sizes) / 4)
