@@ -24,7 +24,14 @@ import pytest
 from campaign_helpers import release_requeued
 
 from arborseg.campaign import worker_trial
-from arborseg.campaign.storage import make_storage, open_storage, redact, set_user_attrs, storage_url
+from arborseg.campaign.storage import (
+    create_trial,
+    make_storage,
+    open_storage,
+    redact,
+    set_user_attrs,
+    storage_url,
+)
 from arborseg.campaign.worker_trial import OptunaReporter, attach_trial, trial_id
 from arborseg.errors import CampaignError
 from arborseg.jobs import _submitit
@@ -150,6 +157,49 @@ def test_user_attrs_set_together(storage_spec, tmp_run_dir, study_name):
     study.tell(trial, 1.0)
     with pytest.raises(RuntimeError, match="finished"):
         set_user_attrs(trial, {"a": 1, "b": 2})  # as optuna refuses for one attribute
+
+
+def test_trial_created_in_one_transaction(storage_spec, tmp_run_dir, study_name):
+    """create_trial (one transaction on SQLite/PostgreSQL) stores what optuna's create_new_trial(template) stores,
+    numbers trials in turn, and refuses a parameter whose distribution changed, as optuna's RDB storage does;
+    set_user_attrs
+    with report= writes the intermediate value beside the attributes."""
+    import datetime
+
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import FrozenTrial, TrialState
+
+    dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "depth": IntDistribution(2, 5),
+             "block": CategoricalDistribution(["conv", "dilated"])}
+
+    def template(params: dict, attrs: dict, distributions: dict = dists) -> FrozenTrial:
+        return FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
+                           datetime_complete=None, params=params, distributions=distributions, user_attrs=attrs,
+                           system_attrs={}, intermediate_values={}, trial_id=-1)
+
+    study = optuna.create_study(storage=make_storage(storage_spec, tmp_run_dir), study_name=study_name)
+    reference = study._storage.create_new_trial(study._study_id, template_trial=template(
+        {"lr": 0.01, "depth": 3, "block": "conv"}, {"task": "random:0"}))
+    made = [create_trial(study, template({"lr": 0.002, "depth": 4, "block": "dilated"}, {"task": f"random:{i}",
+                                                                                         "rung_values": {}}))
+            for i in (1, 2)]
+    trial = optuna.trial.Trial(study, made[0])
+    set_user_attrs(trial, {"paused": True}, report=(24, 0.5))
+    set_user_attrs(trial, {"paused": False}, report=(24, 0.9))  # a step reported before keeps its first value
+    fresh = optuna.load_study(study_name=study_name, storage=open_storage(storage_url(storage_spec, tmp_run_dir)))
+    by_id = {t._trial_id: t for t in fresh.trials}
+    assert [by_id[i].number for i in [reference, *made]] == [0, 1, 2]
+    for i in made:
+        t = by_id[i]
+        assert t.state == TrialState.RUNNING and t.distributions == dists
+        assert t.params == {"lr": 0.002, "depth": 4, "block": "dilated"}
+    assert by_id[made[0]].user_attrs == {"task": "random:1", "rung_values": {}, "paused": False}
+    assert by_id[made[0]].intermediate_values == {24: 0.5} and trial._cached_frozen_trial.intermediate_values == {24: 0.5}
+    assert by_id[made[1]].user_attrs == {"task": "random:2", "rung_values": {}}
+    if storage_spec == "journal":
+        return  # optuna's journal storage does not compare a template trial's distributions with earlier ones
+    with pytest.raises(ValueError, match="[Cc]annot set different distribution kind"):
+        create_trial(study, template({"depth": 3.0}, {}, {"depth": FloatDistribution(2.0, 5.0)}))
 
 
 def test_storage_specs_round_trip(storage_spec, tmp_run_dir, study_name):

@@ -25,7 +25,7 @@ on the same trial; after the last attempt the trial is FAIL.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from arborseg.campaign.config import CampaignConfig
 from arborseg.campaign.optuna_draw import OptunaDraw, ask_replayed
 from arborseg.campaign.rungs import Contender, finished, promotions
 from arborseg.campaign.storage import set_user_attrs
-from arborseg.campaign.worker_trial import live_trial, trial_id
+from arborseg.campaign.worker_trial import live_trial, tell, trial_id
 from arborseg.errors import CampaignError
 from arborseg.log import get_logger
 from arborseg.runs import RunFolder, save_tree, study_trials
@@ -68,6 +68,7 @@ class Entry:
     tree_file: str
     contender: Contender
     attempt: int = 1
+    unsaved: dict[str, Any] = field(default_factory=dict)  # attributes that go out with the next write
 
 
 @dataclass
@@ -489,8 +490,9 @@ class Campaign:
                  "family": tree.family, "tree_file": str(tree_file), "artifact_dir": str(out_dir), "attempt": 1,
                  "executor": self.record_kind, "job_folder": str(self.folder.jobs_dir),
                  "parent_tree_id": task.tree.id, "target_rung": 0, "rung_values": {}}
-        set_user_attrs(trial, attrs)
-        entry = Entry(task, trial, study, out_dir, str(tree_file), self.contenders[task.key])
+        # written with the job id (_submitted): one transaction fewer; a driver stopped before the job went out
+        # leaves a trial without rung_values, which the next driver closes as stale (reconcile)
+        entry = Entry(task, trial, study, out_dir, str(tree_file), self.contenders[task.key], unsaved=attrs)
         self.entries[task.key] = entry
         return entry
 
@@ -508,8 +510,10 @@ class Campaign:
         return Running(entry, item.target), job_fn
 
     def _submitted(self, run: Running, job: Any) -> None:
-        set_user_attrs(run.entry.trial, {"job_id": str(job.job_id), "job_rung": run.target,
-                                         "log_path": str(job.paths.stderr), "paused": False})
+        entry = run.entry
+        set_user_attrs(entry.trial, entry.unsaved | {"job_id": str(job.job_id), "job_rung": run.target,
+                                                     "log_path": str(job.paths.stderr), "paused": False})
+        entry.unsaved = {}
 
     def finish(self, run: Running, job_result) -> RungJob | None:
         """Record how a rung's job ended (a :class:`~arborseg.jobs.outcome.JobOutcome`); return a retry or None.
@@ -529,7 +533,6 @@ class Campaign:
             assert result is not None and result.objective_value is not None  # checked: has_value
             value, steps = float(result.objective_value), self.plan.rung_steps[rung]
             contender.values[rung] = value
-            self._report(trial, value, steps)
             attrs = {key: getattr(result, key) for key in ("params", "flops_per_voxel", "train_seconds", "steps",
                                                            "seed")}
             attrs |= {"metrics": result.regions, "rung": rung, "steps_trained": result.steps, "paused": False,
@@ -538,13 +541,13 @@ class Campaign:
                       "rung_values": {str(self.plan.rung_steps[k]): v for k, v in sorted(contender.values.items())}}
             if rung < self.plan.top:
                 attrs["paused"] = True
-            set_user_attrs(trial, attrs)
+            set_user_attrs(trial, attrs, report=(steps, value))  # the rung's value: Optuna's learning curve
             if rung == self.plan.top:
-                entry.study.tell(trial, value)
+                tell(entry.study, trial, value)
                 contender.done = True
         elif state == ResultState.PRUNED:
             trial.set_user_attr("prune_reason", reason)
-            entry.study.tell(trial, state=TrialState.PRUNED)
+            tell(entry.study, trial, state=TrialState.PRUNED)
             contender.done = True
         else:
             reason = reason or "unknown failure"
@@ -555,20 +558,11 @@ class Campaign:
                             trial.number, entry.task.key, rung, reason, entry.attempt)
                 return RungJob(rung, entry=entry)
             trial.set_user_attr("fail_reason", reason)
-            entry.study.tell(trial, state=TrialState.FAIL)
+            tell(entry.study, trial, state=TrialState.FAIL)
             contender.done = True
             log.warning("trial %s (%s) failed: %s", trial.number, entry.task.key, reason)
         self.stats[state] += 1
         return None
-
-    @staticmethod
-    def _report(trial: optuna.trial.Trial, value: float, steps: int) -> None:
-        """The rung's value as the trial's intermediate value at ``steps`` (Optuna's learning curve of the trial)."""
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a value reported at this step before (a rung run again) is kept
-            trial.report(value, steps)
 
     def _close_paused(self) -> None:
         """Close the trials left below the top rung as PRUNED (the campaign is over)."""
@@ -578,7 +572,7 @@ class Campaign:
                 continue
             reason = f"not promoted past rung {contender.rung} ({self.plan.rung_steps[contender.rung]} steps)"
             set_user_attrs(entry.trial, {"prune_reason": reason, "stopped_rung": contender.rung, "paused": False})
-            entry.study.tell(entry.trial, state=TrialState.PRUNED)
+            tell(entry.study, entry.trial, state=TrialState.PRUNED)
             contender.done = True
             self.stats[ResultState.PRUNED] += 1
 

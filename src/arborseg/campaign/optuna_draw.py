@@ -52,12 +52,14 @@ def ask_replayed(study: optuna.Study, space: Any, choices: dict[str, Any],
                  user_attrs: dict[str, Any]) -> tuple[optuna.trial.Trial, Any]:
     """(a RUNNING trial, the tree) for a tree whose draws (``choices``) are known: the trial holds every draw as an
     Optuna parameter with its distribution, like ``enqueue_trial`` + ``ask`` + one ``suggest_*`` per value, but
-    created in one storage write instead of one per parameter (most of the driver's time per trial on an RDB
+    created in one storage transaction (:func:`~arborseg.campaign.storage.create_trial`) instead of one per parameter (most of the driver's time per trial on an RDB
     storage, benchmarks/bench_scale.py). ``space.sample`` replays the draws on an :class:`optuna.trial.FixedTrial`
     first, which records their distributions."""
     import datetime
 
     from optuna.trial import FrozenTrial, TrialState
+
+    from arborseg.campaign.storage import create_trial
 
     fixed = optuna.trial.FixedTrial(dict(choices))
     tree = space.sample(OptunaDraw(fixed))
@@ -65,5 +67,4 @@ def ask_replayed(study: optuna.Study, space: Any, choices: dict[str, Any],
                            datetime_start=datetime.datetime.now(), datetime_complete=None, params=fixed.params,
                            distributions=fixed.distributions, user_attrs=dict(user_attrs), system_attrs={},
                            intermediate_values={}, trial_id=-1)
-    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-    return optuna.trial.Trial(study, trial_id), tree
+    return optuna.trial.Trial(study, create_trial(study, template)), tree

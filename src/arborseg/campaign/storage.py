@@ -24,6 +24,7 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -223,29 +224,110 @@ def _open_rdb(url_str: str) -> BaseStorage:
     return storage
 
 
-def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Set several user attributes of a running trial: in one transaction on an RDB storage, one write per key on
-    others (a journal write is an append). Per-key transactions were most of the driver's CPU time per trial on
-    SQLite (benchmarks/bench_scale.py)."""
+def _rdb_backend(storage: Any) -> Any:
+    """The :class:`optuna.storages.RDBStorage` behind ``storage`` (optuna wraps RDB storages in a
+    ``_CachedStorage``), or None for other storages."""
     from optuna.storages import RDBStorage
 
-    storage = trial.storage
-    backend = getattr(storage, "_backend", storage)  # optuna wraps RDB storages in a _CachedStorage
-    if not isinstance(backend, RDBStorage) or len(attrs) < 2:
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, RDBStorage) else None
+
+
+def create_trial(study: optuna.Study, template: optuna.trial.FrozenTrial) -> int:
+    """A new RUNNING trial holding ``template``'s parameters (with their distributions) and user attributes; its id.
+
+    Same result as ``study._storage.create_new_trial(study_id, template_trial=template)``, but on an RDB storage in
+    one transaction of four statements: optuna's own runs three queries per parameter (a trial of the quickstart space
+    has about ten), which was the largest part of the driver's CPU per trial on SQLite and PostgreSQL
+    (benchmarks/bench_scale.py). Each parameter's distribution is checked against the study's earlier ones as optuna
+    does (a ValueError when they differ); those are read once per parameter name and kept in the storage's cache."""
+    import copy
+
+    from optuna.distributions import check_distribution_compatibility, distribution_to_json, json_to_distribution
+    from optuna.trial import TrialState
+
+    storage, study_id = study._storage, study._study_id
+    backend = _rdb_backend(storage)
+    plain = (template.state == TrialState.RUNNING and template.values is None and not template.system_attrs
+             and not template.intermediate_values)
+    if backend is None or not plain:
+        return storage.create_new_trial(study_id, template_trial=template)
+    from optuna.storages._rdb import models  # private: verified with optuna 5.0 (tests/test_campaign_infra.py)
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from sqlalchemy import insert
+
+    cache = getattr(storage, "_studies", None)  # the _CachedStorage's per-study cache (param_distribution)
+    if cache is not None:
+        from optuna.storages._cached_storage import _StudyInfo
+
+        with storage._lock:
+            cache.setdefault(study_id, _StudyInfo())
+    known = cache[study_id].param_distribution if cache is not None else {}
+    with _create_scoped_session(backend.scoped_session) as session:
+        models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)  # numbers are given in turn
+        for name, dist in template.distributions.items():
+            if name not in known:
+                earlier = (session.query(models.TrialParamModel.distribution_json).join(models.TrialModel)
+                           .filter(models.TrialModel.study_id == study_id)
+                           .filter(models.TrialParamModel.param_name == name).first())
+                if earlier is None:
+                    continue
+                known[name] = json_to_distribution(earlier[0])
+            check_distribution_compatibility(known[name], dist)
+        row = models.TrialModel(study_id=study_id, number=None, state=TrialState.RUNNING,
+                                datetime_start=template.datetime_start)
+        session.add(row)
+        session.flush()
+        trial_id = row.trial_id
+        if template.params:
+            session.execute(insert(models.TrialParamModel), [
+                {"trial_id": trial_id, "param_name": name,
+                 "param_value": template.distributions[name].to_internal_repr(value),
+                 "distribution_json": distribution_to_json(template.distributions[name])}
+                for name, value in template.params.items()])
+        if template.user_attrs:
+            session.execute(insert(models.TrialUserAttributeModel), [
+                {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                for key, value in template.user_attrs.items()])
+        row.number = row.count_past_trials(session)
+        number = row.number
+    for name, dist in template.distributions.items():
+        known.setdefault(name, dist)
+    frozen = copy.deepcopy(template)
+    frozen.number, frozen._trial_id = number, trial_id
+    if cache is not None:
+        with storage._lock:  # what _CachedStorage.create_new_trial does after its write
+            storage._add_trials_to_cache(study_id, [frozen])
+    return trial_id
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any], report: tuple[int, float] | None = None) -> None:
+    """Set several user attributes of a running trial, and with ``report=(step, value)`` also its intermediate value
+    at ``step`` (what ``trial.report(value, step)`` writes; a step reported before keeps its value, as there).
+
+    In one transaction on an RDB storage, one write per key on others (a journal write is an append). Per-key
+    transactions were most of the driver's CPU time per trial on SQLite (benchmarks/bench_scale.py)."""
+    backend = _rdb_backend(trial.storage)
+    if backend is None or len(attrs) + (report is not None) < 2:
+        if report is not None:
+            _report(trial, *report)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    import json
-
     from optuna.storages._rdb import models  # private: verified with optuna 5.0 (tests/test_campaign_infra.py)
     from optuna.storages._rdb.storage import _create_scoped_session
 
     table = models.TrialUserAttributeModel
+    new_step = report is not None and report[0] not in trial._cached_frozen_trial.intermediate_values
     with _create_scoped_session(backend.scoped_session, True) as session:
         row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
         backend.check_trial_is_updatable(trial._trial_id, row.state)  # type: ignore[arg-type]
+        if new_step:
+            assert report is not None
+            backend._set_trial_intermediate_value_without_commit(session, trial._trial_id, int(report[0]),
+                                                                 float(report[1]))
         engine = backend.engine.name
-        if engine in ("sqlite", "postgresql"):  # one upsert for all keys, as optuna does for one
+        if engine in ("sqlite", "postgresql") and attrs:  # one upsert for all keys, as optuna does for one
             if engine == "sqlite":
                 from sqlalchemy.dialects.sqlite import insert
             else:
@@ -258,6 +340,19 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
             for key, value in attrs.items():
                 backend._set_trial_attr_without_commit(session, table, trial._trial_id, key, value)
     trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr does after its write
+    if new_step:
+        assert report is not None
+        trial._cached_frozen_trial.intermediate_values[int(report[0])] = float(report[1])  # as Trial.report does
+
+
+def _report(trial: optuna.Trial, step: int, value: float) -> None:
+    """``trial.report(value, step)`` without optuna's warning for a step reported before (a rung run again keeps
+    its first value)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trial.report(value, step)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
