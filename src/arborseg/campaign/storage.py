@@ -246,7 +246,8 @@ def create_trial(study: optuna.Study, template: optuna.trial.FrozenTrial) -> int
     from optuna.distributions import check_distribution_compatibility, distribution_to_json, json_to_distribution
     from optuna.trial import TrialState
 
-    storage, study_id = study._storage, study._study_id
+    storage: Any = study._storage  # a _CachedStorage around the RDB storage: its private cache is updated below
+    study_id = study._study_id
     backend = _rdb_backend(storage)
     plain = (template.state == TrialState.RUNNING and template.values is None and not template.system_attrs
              and not template.intermediate_values)
@@ -278,7 +279,7 @@ def create_trial(study: optuna.Study, template: optuna.trial.FrozenTrial) -> int
                                 datetime_start=template.datetime_start)
         session.add(row)
         session.flush()
-        trial_id = row.trial_id
+        trial_id = int(row.trial_id)
         if template.params:
             session.execute(insert(models.TrialParamModel), [
                 {"trial_id": trial_id, "param_name": name,
@@ -289,8 +290,8 @@ def create_trial(study: optuna.Study, template: optuna.trial.FrozenTrial) -> int
             session.execute(insert(models.TrialUserAttributeModel), [
                 {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                 for key, value in template.user_attrs.items()])
-        row.number = row.count_past_trials(session)
-        number = row.number
+        number = row.count_past_trials(session)
+        row.number = number
     for name, dist in template.distributions.items():
         known.setdefault(name, dist)
     frozen = copy.deepcopy(template)
