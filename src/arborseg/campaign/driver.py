@@ -246,7 +246,7 @@ class Campaign:
                     contender.values, contender.target = {self.plan.top: float(trial.value)}, self.plan.top  # older run
                 self.contenders[key] = contender
                 continue
-            if "rung_values" not in attrs:  # the last attribute _start writes: the driver stopped before the job
+            if "rung_values" not in attrs:  # written with the job id: the driver stopped before the job
                 stale = live_trial(study, trial)
                 stale.set_user_attr("fail_reason", "stale: asked by a driver that stopped before its job went out")
                 stale.set_user_attr("stale", True)
