@@ -162,8 +162,7 @@ def test_user_attrs_set_together(storage_spec, tmp_run_dir, study_name):
 def test_trial_created_in_one_transaction(storage_spec, tmp_run_dir, study_name):
     """create_trial (one transaction on SQLite/PostgreSQL) stores what optuna's create_new_trial(template) stores,
     numbers trials in turn, and refuses a parameter whose distribution changed, as optuna's RDB storage does;
-    set_user_attrs
-    with report= writes the intermediate value beside the attributes."""
+    set_user_attrs with report= writes the intermediate value beside the attributes."""
     import datetime
 
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution

@@ -52,9 +52,9 @@ def ask_replayed(study: optuna.Study, space: Any, choices: dict[str, Any],
                  user_attrs: dict[str, Any]) -> tuple[optuna.trial.Trial, Any]:
     """(a RUNNING trial, the tree) for a tree whose draws (``choices``) are known: the trial holds every draw as an
     Optuna parameter with its distribution, like ``enqueue_trial`` + ``ask`` + one ``suggest_*`` per value, but
-    created in one storage transaction (:func:`~arborseg.campaign.storage.create_trial`) instead of one per parameter (most of the driver's time per trial on an RDB
-    storage, benchmarks/bench_scale.py). ``space.sample`` replays the draws on an :class:`optuna.trial.FixedTrial`
-    first, which records their distributions."""
+    created in one storage transaction (:func:`~arborseg.campaign.storage.create_trial`) instead of one per
+    parameter (most of the driver's time per trial on an RDB storage, benchmarks/bench_scale.py). ``space.sample``
+    replays the draws on an :class:`optuna.trial.FixedTrial` first, which records their distributions."""
     import datetime
 
     from optuna.trial import FrozenTrial, TrialState

@@ -319,14 +319,14 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any], report: tuple[int
     from optuna.storages._rdb.storage import _create_scoped_session
 
     table = models.TrialUserAttributeModel
-    new_step = report is not None and report[0] not in trial._cached_frozen_trial.intermediate_values
+    unreported = report if report is not None and report[0] not in trial._cached_frozen_trial.intermediate_values \
+        else None  # a step reported before keeps its first value
     with _create_scoped_session(backend.scoped_session, True) as session:
         row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
         backend.check_trial_is_updatable(trial._trial_id, row.state)  # type: ignore[arg-type]
-        if new_step:
-            assert report is not None
-            backend._set_trial_intermediate_value_without_commit(session, trial._trial_id, int(report[0]),
-                                                                 float(report[1]))
+        if unreported is not None:
+            backend._set_trial_intermediate_value_without_commit(session, trial._trial_id, int(unreported[0]),
+                                                                 float(unreported[1]))
         engine = backend.engine.name
         if engine in ("sqlite", "postgresql") and attrs:  # one upsert for all keys, as optuna does for one
             if engine == "sqlite":
@@ -341,9 +341,8 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any], report: tuple[int
             for key, value in attrs.items():
                 backend._set_trial_attr_without_commit(session, table, trial._trial_id, key, value)
     trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr does after its write
-    if new_step:
-        assert report is not None
-        trial._cached_frozen_trial.intermediate_values[int(report[0])] = float(report[1])  # as Trial.report does
+    if unreported is not None:
+        trial._cached_frozen_trial.intermediate_values[int(unreported[0])] = float(unreported[1])  # as Trial.report
 
 
 def _report(trial: optuna.Trial, step: int, value: float) -> None:
