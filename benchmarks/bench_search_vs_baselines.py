@@ -1056,6 +1056,14 @@ def write_csv(path: Path, records: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def parse_cell(text: str, datasets: list[str], seeds: list[int]) -> tuple[str, int]:
+    """``vnc_mito:1`` -> ("vnc_mito", 1), one of the benchmark's dataset x seed cells."""
+    ds, _, seed = text.partition(":")
+    if ds not in datasets or not seed.isdigit() or int(seed) not in seeds:
+        raise SystemExit(f"--cells {text}: write DATASET:SEED with DATASET in {datasets} and SEED in {seeds}")
+    return ds, int(seed)
+
+
 def parse_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:
@@ -1087,6 +1095,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", choices=sorted(BUDGETS) + sorted(RETIRED), default="cpu_sh")
     ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    ap.add_argument("--cells", nargs="+", metavar="DATASET:SEED",
+                    help="run only these cells (e.g. isbi2012:1); the outputs still cover --datasets x --seeds")
     ap.add_argument("--executor", choices=("local", "slurm", "debug"), default="local")
     ap.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
                     help="extra executor option for every job (e.g. partition=gpu, gpus_per_node=1)")
@@ -1143,6 +1153,9 @@ def main(argv: list[str] | None = None) -> int:
           + ("; searched trees capped at the costlier baseline" if b.get("cap") else "; no cap"), flush=True)
 
     cells = [(ds, seed) for ds in args.datasets for seed in seeds]
+    if args.cells:
+        chosen = [parse_cell(c, args.datasets, seeds) for c in args.cells]
+        cells = [c for c in cells if c in chosen]
     camps = {}
     for ds, seed in cells:
         cell = work / ds / f"s{seed}"
