@@ -30,6 +30,13 @@ One command, resumable (finished pieces are skipped; a killed campaign resumes f
     python benchmarks/bench_search_vs_baselines.py --budget gpu          # one GPU (local executor)
     python benchmarks/bench_search_vs_baselines.py --budget tiny --datasets vnc_mito --seeds 1   # smoke test
 
+A cell (one dataset and seed) whose pieces have all finished is recorded in
+``benchmarks/results/search_vs_baselines_<budget>_cells/<dataset>_s<seed>.json`` (its scores, accounting, rank
+correlations, learning curves and seconds, with the code revision): committed, these records let the run go on in
+another session or a clean clone, where the work dir is gone; a recorded cell is not trained again (delete its
+record to run it again). ``--cells isbi2012:1 ...`` runs only the named cells, one at a time finishing sooner than
+all of them side by side.
+
 The estimate printed first comes from the seconds per step and per job measured by earlier runs
 (``benchmarks/results/search_vs_baselines_*.json`` at the same batch size), not from running anything.
 
@@ -585,100 +592,147 @@ def history(folder: Path) -> list[list[float]]:
     return [[h["step"], h["fg_iou"]] for h in json.loads(path.read_text()) if "step" in h and "fg_iou" in h]
 
 
-def collect(work: Path, datasets: list[str], seeds: list[int], b: dict, p: dict) -> dict[str, Any]:
-    """Score rows, accounting rows, rank correlations and learning curves of every finished piece."""
+def collect_cell(work: Path, ds: str, seed: int, n_classes: int, b: dict, p: dict) -> dict[str, Any]:
+    """Score rows, accounting rows, rank correlations, learning curves and machine time of one cell's finished
+    pieces, read from the work dir."""
     import pandas as pd
 
-    from arborseg.data import load_data_config
     from arborseg.table import RUNG_PREFIX, rank_correlations
 
     rows: list[dict] = []
     acct: list[dict] = []
     ranks: list[dict] = []
-    curves: dict[str, dict] = {}
+    cur: dict[str, Any] = {}
+    train_seconds, jobs = 0.0, 0
+    out = {"dataset": ds, "seed": seed, "rows": rows, "accounting": acct, "ranks": ranks, "curves": cur}
+
+    def done() -> dict[str, Any]:
+        return {**out, "train_seconds": round(train_seconds, 1), "jobs": jobs}
+
+    cell = work / ds / f"s{seed}"
+    run_dir = cell / "runs" / f"{ds}_s{seed}"
+    for arm, (_, frac) in BASELINE_RUNS.items():
+        folder = TrialFolder(cell / arm)
+        if not folder.metrics_path.is_file():
+            continue
+        m = json.loads(folder.metrics_path.read_text())
+        g, mv = tree_cost(folder.tree_path, n_classes)
+        own = int(m["steps"])
+        acct.append({"dataset": ds, "seed": seed, "arm": arm, "tree": m["tree_name"], "family": m["family"],
+                     "params": m["params"], "window": m["window"], "planned_steps": int(p["T"] * frac),
+                     "steps_used": own, "own_steps": own, "train_seconds": m["train_seconds"],
+                     "voxels": own * voxels_per_step(folder.tree_path, b["batch"]), "members": 1,
+                     "gflops_per_window": round(g, 3), "inference_gflops": round(g, 3),
+                     "inference_mflops_per_voxel": round(mv, 3)})
+        rows += metric_rows({r: v for r, v in m["regions"].items() if r in ("validation",) + REPORT_REGIONS},
+                            {"dataset": ds, "seed": seed, "arm": arm})
+        cur[arm] = history(folder.path)
+        train_seconds += m["train_seconds"]
+        jobs += 1
+    if not (cell / "campaign.done").exists():
+        return done()
+    table = campaign_table(run_dir)
+    use = campaign_usage(run_dir, table, b["batch"])
+    train_seconds += use["train_seconds"]
+    jobs += p["campaign_jobs"]
+    charged = {"planned_steps": p["campaign_total"], "campaign_planned_steps": p["campaign_planned"],
+               "steps_used": use["steps"], "campaign_trials": use["trials"],
+               "campaign_states": use["states"], "train_seconds": use["train_seconds"],
+               "voxels": use["voxels"]}
+    rc = rank_correlations(table)
+    ranks += [{"dataset": ds, "seed": seed, **r} for r in rc.drop(columns=["campaign"]).to_dict("records")]
+    rung_cols = [f"{RUNG_PREFIX}{s}" for s in p["rung_steps"]]
+    best = best_trial(table)
+    cur["campaign"] = [{"trial_id": int(r["trial_id"]), "tree": r["tree_name"], "state": r["state"],
+                        "phase": r.get("phase"), "survivor": best is not None and r["trial_id"] ==
+                        best["trial_id"],
+                        "values": [[s, r[c]] for s, c in zip(p["rung_steps"], rung_cols)
+                                   if c in r and pd.notna(r[c])]}
+                       for r in table.to_dict("records")]
+    if best is not None:
+        folder = TrialFolder(Path(str(best["artifact_dir"])))
+        m = json.loads(folder.metrics_path.read_text())
+        g, mv = tree_cost(folder.tree_path, n_classes)
+        acct.append({"dataset": ds, "seed": seed, "arm": "arborseg_best", "tree": m["tree_name"],
+                     "family": m["family"], "params": m["params"], "window": m["window"],
+                     "own_steps": int(m["steps"]) if pd.isna(best.get("steps_trained"))
+                     else int(best["steps_trained"]),
+                     "phase": best.get("phase"), "trial_id": int(best["trial_id"]), **charged,
+                     "members": 1, "gflops_per_window": round(g, 3), "inference_gflops": round(g, 3),
+                     "inference_mflops_per_voxel": round(mv, 3)})
+        rows += metric_rows({r: v for r, v in m["regions"].items() if r in ("validation",) + REPORT_REGIONS},
+                            {"dataset": ds, "seed": seed, "arm": "arborseg_best"})
+    ens = ensemble_dir(run_dir, ENSEMBLE_NAME) / ENSEMBLE_FILE
+    if ens.is_file():
+        man = json.loads(ens.read_text())
+        members = man.get("members") or []
+        inf = man.get("inference") or {}
+        gain = (((man.get("gain") or {}).get("regions") or {}).get("validation") or {}).get(
+            man.get("objective")) or {}
+        acct.append({"dataset": ds, "seed": seed, "arm": "arborseg_ensemble",
+                     "tree": " + ".join(f"{x.get('tree_name')}(t{x.get('trial_id')})"
+                                        + (f"*{x['count']}" if int(x.get("count") or 1) > 1 else "")
+                                        for x in members),
+                     "family": ",".join(sorted({str(x.get("family")) for x in members})),
+                     "params": sum(int(x.get("params") or 0) for x in members),
+                     "own_steps": int(man.get("training_steps") or 0), **charged,
+                     "fusion": man.get("fusion"), "members": len(members),
+                     "inference_gflops": round(float(inf.get("gflops") or math.nan), 3),
+                     "inference_mflops_per_voxel": round(sum(
+                         float(x.get("gflops") or 0) * 1000 / math.prod(x["window"]) for x in members), 3),
+                     "val_gain": gain.get("gain"), "val_gain_ci": [gain.get("lo"), gain.get("hi")]})
+        rows += metric_rows({r: v for r, v in (man.get("scores") or {}).items()
+                             if r in ("validation",) + REPORT_REGIONS},
+                            {"dataset": ds, "seed": seed, "arm": "arborseg_ensemble"})
+        jobs += 1
+    return done()
+
+
+def cell_record_path(budget: str, ds: str, seed: int) -> Path:
+    """Where a finished cell's results are kept in the repository, so that a later run (another session, a clean
+    clone) uses them instead of training the cell again."""
+    return RESULTS / f"search_vs_baselines_{budget}_cells" / f"{ds}_s{seed}.json"
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def collect(work: Path, budget: str, datasets: list[str], seeds: list[int], b: dict, p: dict,
+            complete: set[tuple[str, int]]) -> dict[str, Any]:
+    """Every cell's results: from the work dir, or from its record in benchmarks/results/ when the work dir does
+    not hold the whole cell. A cell whose pieces are all finished in the work dir (``complete``) gets its record
+    written."""
+    from arborseg.data import load_data_config
+
+    got: dict[str, Any] = {"rows": [], "accounting": [], "ranks": [], "curves": {}}
     train_total, jobs = 0.0, 0
+    def n_classes(ds: str) -> int:  # read only where a cell is collected from the work dir
+        return len(load_data_config(work / "data" / f"{ds}.yaml").classes)
+
     for ds in datasets:
-        n_classes = len(load_data_config(work / "data" / f"{ds}.yaml").classes)
         for seed in seeds:
-            cell = work / ds / f"s{seed}"
-            run_dir = cell / "runs" / f"{ds}_s{seed}"
-            cur: dict[str, Any] = curves.setdefault(ds, {}).setdefault(str(seed), {})
-            for arm, (_, frac) in BASELINE_RUNS.items():
-                folder = TrialFolder(cell / arm)
-                if not folder.metrics_path.is_file():
-                    continue
-                m = json.loads(folder.metrics_path.read_text())
-                g, mv = tree_cost(folder.tree_path, n_classes)
-                own = int(m["steps"])
-                acct.append({"dataset": ds, "seed": seed, "arm": arm, "tree": m["tree_name"], "family": m["family"],
-                             "params": m["params"], "window": m["window"], "planned_steps": int(p["T"] * frac),
-                             "steps_used": own, "own_steps": own, "train_seconds": m["train_seconds"],
-                             "voxels": own * voxels_per_step(folder.tree_path, b["batch"]), "members": 1,
-                             "gflops_per_window": round(g, 3), "inference_gflops": round(g, 3),
-                             "inference_mflops_per_voxel": round(mv, 3)})
-                rows += metric_rows({r: v for r, v in m["regions"].items() if r in ("validation",) + REPORT_REGIONS},
-                                    {"dataset": ds, "seed": seed, "arm": arm})
-                cur[arm] = history(folder.path)
-                train_total += m["train_seconds"]
-                jobs += 1
-            if not (cell / "campaign.done").exists():
-                continue
-            table = campaign_table(run_dir)
-            use = campaign_usage(run_dir, table, b["batch"])
-            train_total += use["train_seconds"]
-            jobs += p["campaign_jobs"]
-            charged = {"planned_steps": p["campaign_total"], "campaign_planned_steps": p["campaign_planned"],
-                       "steps_used": use["steps"], "campaign_trials": use["trials"],
-                       "campaign_states": use["states"], "train_seconds": use["train_seconds"],
-                       "voxels": use["voxels"]}
-            rc = rank_correlations(table)
-            ranks += [{"dataset": ds, "seed": seed, **r} for r in rc.drop(columns=["campaign"]).to_dict("records")]
-            rung_cols = [f"{RUNG_PREFIX}{s}" for s in p["rung_steps"]]
-            best = best_trial(table)
-            cur["campaign"] = [{"trial_id": int(r["trial_id"]), "tree": r["tree_name"], "state": r["state"],
-                                "phase": r.get("phase"), "survivor": best is not None and r["trial_id"] ==
-                                best["trial_id"],
-                                "values": [[s, r[c]] for s, c in zip(p["rung_steps"], rung_cols)
-                                           if c in r and pd.notna(r[c])]}
-                               for r in table.to_dict("records")]
-            if best is not None:
-                folder = TrialFolder(Path(str(best["artifact_dir"])))
-                m = json.loads(folder.metrics_path.read_text())
-                g, mv = tree_cost(folder.tree_path, n_classes)
-                acct.append({"dataset": ds, "seed": seed, "arm": "arborseg_best", "tree": m["tree_name"],
-                             "family": m["family"], "params": m["params"], "window": m["window"],
-                             "own_steps": int(m["steps"]) if pd.isna(best.get("steps_trained"))
-                             else int(best["steps_trained"]),
-                             "phase": best.get("phase"), "trial_id": int(best["trial_id"]), **charged,
-                             "members": 1, "gflops_per_window": round(g, 3), "inference_gflops": round(g, 3),
-                             "inference_mflops_per_voxel": round(mv, 3)})
-                rows += metric_rows({r: v for r, v in m["regions"].items() if r in ("validation",) + REPORT_REGIONS},
-                                    {"dataset": ds, "seed": seed, "arm": "arborseg_best"})
-            ens = ensemble_dir(run_dir, ENSEMBLE_NAME) / ENSEMBLE_FILE
-            if ens.is_file():
-                man = json.loads(ens.read_text())
-                members = man.get("members") or []
-                inf = man.get("inference") or {}
-                gain = (((man.get("gain") or {}).get("regions") or {}).get("validation") or {}).get(
-                    man.get("objective")) or {}
-                acct.append({"dataset": ds, "seed": seed, "arm": "arborseg_ensemble",
-                             "tree": " + ".join(f"{x.get('tree_name')}(t{x.get('trial_id')})"
-                                                + (f"*{x['count']}" if int(x.get("count") or 1) > 1 else "")
-                                                for x in members),
-                             "family": ",".join(sorted({str(x.get("family")) for x in members})),
-                             "params": sum(int(x.get("params") or 0) for x in members),
-                             "own_steps": int(man.get("training_steps") or 0), **charged,
-                             "fusion": man.get("fusion"), "members": len(members),
-                             "inference_gflops": round(float(inf.get("gflops") or math.nan), 3),
-                             "inference_mflops_per_voxel": round(sum(
-                                 float(x.get("gflops") or 0) * 1000 / math.prod(x["window"]) for x in members), 3),
-                             "val_gain": gain.get("gain"), "val_gain_ci": [gain.get("lo"), gain.get("hi")]})
-                rows += metric_rows({r: v for r, v in (man.get("scores") or {}).items()
-                                     if r in ("validation",) + REPORT_REGIONS},
-                                    {"dataset": ds, "seed": seed, "arm": "arborseg_ensemble"})
-                jobs += 1
-    return {"rows": rows, "accounting": acct, "ranks": ranks, "curves": curves,
-            "machine_time": {"train_seconds": round(train_total, 1), "jobs": jobs}}
+            record = cell_record_path(budget, ds, seed)
+            if (ds, seed) in complete:
+                cell = collect_cell(work, ds, seed, n_classes(ds), b, p)
+                record.parent.mkdir(parents=True, exist_ok=True)
+                record.write_text(json.dumps({**cell, "code": git_revision(), "source": str(work / ds / f"s{seed}"),
+                                              "written": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1,
+                                             default=str))
+            elif record.is_file():
+                cell = json.loads(record.read_text())
+            else:
+                cell = collect_cell(work, ds, seed, n_classes(ds), b, p)
+            for key in ("rows", "accounting", "ranks"):
+                got[key] += cell[key]
+            got["curves"].setdefault(ds, {})[str(seed)] = cell["curves"]
+            train_total += cell["train_seconds"]
+            jobs += cell["jobs"]
+    return {**got, "machine_time": {"train_seconds": round(train_total, 1), "jobs": jobs}}
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -1056,6 +1110,19 @@ def write_csv(path: Path, records: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def merged_invocations(results_json: Path, work_log: Path) -> list[dict]:
+    """The invocations of this budget: those recorded in its last results file (earlier sessions, work dirs not
+    kept) and those of the work dir, once each, in start order."""
+    runs: dict[str, dict] = {}
+    for path, key in ((results_json, "invocations"), (work_log, None)):
+        if path.is_file():
+            data = json.loads(path.read_text())
+            for r in (data.get(key) or [] if key else data):
+                if r.get("started", "?") != "?":
+                    runs[r["started"]] = r
+    return [runs[k] for k in sorted(runs)]
+
+
 def parse_cell(text: str, datasets: list[str], seeds: list[int]) -> tuple[str, int]:
     """``vnc_mito:1`` -> ("vnc_mito", 1), one of the benchmark's dataset x seed cells."""
     ds, _, seed = text.partition(":")
@@ -1152,10 +1219,14 @@ def main(argv: list[str] | None = None) -> int:
     print("forward GFLOPs per window: " + "; ".join(f"{ds} {c}" for ds, c in costs.items())
           + ("; searched trees capped at the costlier baseline" if b.get("cap") else "; no cap"), flush=True)
 
-    cells = [(ds, seed) for ds in args.datasets for seed in seeds]
-    if args.cells:
-        chosen = [parse_cell(c, args.datasets, seeds) for c in args.cells]
-        cells = [c for c in cells if c in chosen]
+    all_cells = [(ds, seed) for ds in args.datasets for seed in seeds]
+    recorded = {c for c in all_cells if cell_record_path(args.budget, *c).is_file()}
+    chosen = [parse_cell(c, args.datasets, seeds) for c in args.cells] if args.cells else all_cells
+    cells = [c for c in all_cells if c in chosen and c not in recorded]
+    if recorded:
+        print(f"{len(recorded)} cell(s) kept from earlier runs (delete a record to run its cell again): "
+              + ", ".join(str(cell_record_path(args.budget, *c).relative_to(ROOT)) for c in sorted(recorded)),
+              flush=True)
     camps = {}
     for ds, seed in cells:
         cell = work / ds / f"s{seed}"
@@ -1220,10 +1291,11 @@ def main(argv: list[str] | None = None) -> int:
         log_invocation(work, started, argv)
 
     # ------------------------------------------------------------------ outputs
-    unfinished = [f"{ds}/s{seed}/{k}" for ds, seed in cells for k, f in done_checks(ds, seed).items()
-                  if not f.exists()]
-    total = len(cells) * (len(BASELINE_RUNS) + 2)
-    got = collect(work, args.datasets, seeds, b, p)
+    complete = {c for c in all_cells if all(f.exists() for f in done_checks(*c).values())}
+    unfinished = [f"{ds}/s{seed}/{k}" for ds, seed in all_cells if (ds, seed) not in complete | recorded
+                  for k, f in done_checks(ds, seed).items() if not f.exists()]
+    total = len(all_cells) * (len(BASELINE_RUNS) + 2)
+    got = collect(work, args.budget, args.datasets, seeds, b, p, complete)
     summary = summarise(got["rows"])
     pl = plateau(summary, args.datasets)
     goal_lines, goal_result = goal(summary, args.datasets)
@@ -1234,7 +1306,7 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(stem.with_name(stem.name + "_summary.csv"), summary)
     write_csv(stem.with_name(stem.name + "_accounting.csv"), got["accounting"])
     write_csv(stem.with_name(stem.name + "_ranks.csv"), got["ranks"])
-    invocations = json.loads((work / "invocations.json").read_text()) if (work / "invocations.json").exists() else []
+    invocations = merged_invocations(stem.with_suffix(".json"), work / "invocations.json")
     command = "python benchmarks/bench_search_vs_baselines.py --budget " + args.budget + (
         f" --seeds {args.seeds}" if args.seeds != 3 else "") + (
         f" --datasets {' '.join(args.datasets)}" if args.datasets != list(DATASETS) else "") + (
