@@ -79,13 +79,28 @@ def encoder_values() -> dict[str, Any]:
     return {k: v for k, v in node.items() if k != "type"}
 
 
+#: per method: the pre-training run's name, the picture it draws, its results' file stem and README section
+METHODS = {"mocov2": {"name": "bench_unet2d_w16", "picture": "neighbours.png", "stem": "pretraining",
+                      "section": "Pre-trained encoders: label efficiency", "label": "MoCo v2"},
+           "genesis": {"name": "bench_unet2d_w16_genesis", "picture": "restorations.png",
+                       "stem": "pretraining_genesis",
+                       "section": "Pre-trained encoders: label efficiency (Models Genesis)",
+                       "label": "Models Genesis (restoration; encoder and decoder)"}}
+
+
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
+    method = {"lr": 0.03, "moco": {"queue": 4096 // args.pretrain_batch * args.pretrain_batch}} \
+        if args.method == "mocov2" else {}  # genesis: its defaults (AdamW 1e-3, Models Genesis' probabilities)
     return PretrainConfig.from_dict({
-        "name": "bench_unet2d_w16", "encoder": {"encoder_decoder": encoder_values()}, "steps": args.pretrain_steps,
+        "name": METHODS[args.method]["name"], "encoder": {"encoder_decoder": encoder_values()},
+        "steps": args.pretrain_steps, "method": args.method,
         "volumes": [str(UNLABELED / "drosophila_vnc_stack2" / "raw.tif"), str(UNLABELED / "isbi2012_test" / "raw.tif")],
-        "batch_size": args.pretrain_batch, "patch": 64, "lr": 0.03, "moco": {"queue": 4096 // args.pretrain_batch
-                                                                             * args.pretrain_batch},
-        "checkpoint_every": 50, "seed": 0}, "bench_pretraining")
+        "batch_size": args.pretrain_batch, "patch": 64, **method, "checkpoint_every": 50, "seed": 0},
+        "bench_pretraining")
+
+
+def pretrain_dir(args: argparse.Namespace) -> Path:
+    return Path(args.out) / ("pretrain" if args.method == "mocov2" else f"pretrain_{args.method}")
 
 
 def data_with_labels(dataset: str, slices: int | None) -> DataConfig:
@@ -115,7 +130,8 @@ def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Pat
     if args.threads:
         torch.set_num_threads(args.threads)
     name = f"{labels or 'all'}"
-    folder = Path(args.out) / dataset / f"labels_{name}" / init / f"seed{seed}"
+    start = init if init == "random" or args.method == "mocov2" else f"{init}_{args.method}"
+    folder = Path(args.out) / dataset / f"labels_{name}" / start / f"seed{seed}"
     done = folder / "bench_pretraining.json"
     if done.exists():
         row = json.loads(done.read_text())
@@ -125,7 +141,8 @@ def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Pat
     data = data_with_labels(dataset, labels)
     tree = tree_with_init(str(encoder) if init == "pretrained" else "random")
     row: dict[str, Any] = {"dataset": dataset, "labels": name, "train_slices": data.regions["train"].shape[0],
-                           "init": init, "seed": seed, "steps": args.steps, "batch": args.batch}
+                           "init": init, "method": "-" if init == "random" else args.method, "seed": seed,
+                           "steps": args.steps, "batch": args.batch}
     started = time.perf_counter()
     base = {"schedule_steps": args.steps, "eval_every": args.steps, "seed": seed, "device": "cpu",
             "precision": "fp32", "objective": "miou", "overlays": False, "overrides": {"batch_size": args.batch},
@@ -176,7 +193,7 @@ def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std:.{digits}f}")
 
 
-def plot(summary: list[dict[str, Any]], path: Path) -> None:
+def plot(summary: list[dict[str, Any]], path: Path, method: str = "MoCo v2") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,7 +212,7 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("labeled training slices")
         ax.set_ylabel(f"{REGION} mIoU")
-        ax.set_title(dataset)
+        ax.set_title(f"{dataset}: pre-trained by {method}", fontsize=9)
         ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,8 +221,16 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
 
 
 def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argparse.Namespace, wall: float) -> str:
+    m = METHODS[args.method]
+    if args.method == "genesis":
+        learned = (f"restoration MSE {pre['loss_start']:.4f} -> {pre['loss_end']:.4f} (returning the distorted input: "
+                   f"{pre['copy_mse_end']:.4f})")
+    else:
+        learned = (f"InfoNCE loss {pre['loss_start']:.2f} -> {pre['loss_end']:.2f}, positive found "
+                   f"{pre['accuracy_end']:.0%} of the time at the end")
     lines = [
-        f"Command: `python benchmarks/bench_pretraining.py --steps {args.steps} --seeds {args.seeds} "
+        f"Command: `python benchmarks/bench_pretraining.py --method {args.method} --steps {args.steps} "
+        f"--seeds {args.seeds} "
         f"--pretrain-steps {args.pretrain_steps} --workers {args.workers} --threads {args.threads}`",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}; load "
@@ -214,10 +239,11 @@ def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argpa
         "Tree: the portfolio's nnU-Net-style 2D U-Net (baseline B) scaled to this budget: 16 base filters, 4 stages, "
         "64 x 64 windows.",
         "",
-        f"Pre-training (one-off): MoCo v2 on both unlabeled volumes, that tree's encoder, {pre['steps']} steps at batch {args.pretrain_batch}, 64 x 64 views: {pre['seconds'] / 60:.1f} min; "
-        f"InfoNCE loss {pre['loss_start']:.2f} -> {pre['loss_end']:.2f}, positive found "
-        f"{pre['accuracy_end']:.0%} of the time at the end (`runs/bench_pretraining/pretrain/`, with "
-        "`neighbours.png`).",
+        f"Pre-training (one-off): {m['label']} on both unlabeled volumes, that tree's "
+        f"{'encoder' if args.method == 'mocov2' else 'encoder-decoder'}, {pre['steps']} steps at batch "
+        f"{args.pretrain_batch}, 64 x 64 patches: {pre['seconds'] / 60:.1f} min; {learned} "
+        f"(`{pretrain_dir(args).relative_to(ROOT) if pretrain_dir(args).is_relative_to(ROOT) else pretrain_dir(args)}/`"
+        f", with `{m['picture']}`).",
         "",
         f"Then that tree with its own recipe (SGD + poly, deep supervision), batch {args.batch}, {args.steps} steps, "
         f"from random weights and from the pre-trained encoder, on the first 1, 2, 4 or all training slices; "
@@ -237,7 +263,7 @@ def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argpa
             f"{'yes' if e['half_reaches_random'] else 'no'} | "
             f"{_pm(e.get('random.fn_401'), e.get('random.fn_401_std'), 2)} | "
             f"{_pm(e.get('pretrained.fn_401'), e.get('pretrained.fn_401_std'), 2)} |")
-    lines += ["", "![label efficiency](results/pretraining.png)"]
+    lines += ["", f"![label efficiency](results/{m['stem']}.png)"]
     return "\n".join(lines)
 
 
@@ -248,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     ap.add_argument("--labels", nargs="+", default=["1", "2", "4", "all"], help="training slices (or 'all')")
     ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    ap.add_argument("--method", choices=list(METHODS), default="mocov2",
+                    help="self-supervision: mocov2 (CEM500K's; the encoder) or genesis (restoration; encoder and "
+                         "decoder)")
     ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--pretrain-batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2, help="segmentation runs trained side by side (processes)")
@@ -258,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (UNLABELED / "drosophila_vnc_stack2" / "raw.tif").exists():
         raise SystemExit(f"the unlabeled volumes are not in {UNLABELED}: nothing to pre-train on")
     started = time.perf_counter()
-    pre_dir = Path(args.out) / "pretrain"
+    pre_dir = pretrain_dir(args)
     summary_file = pre_dir / "summary.json"
     pre_cfg = pretrain_config(args)
     if summary_file.exists() and json.loads(summary_file.read_text())["steps"] >= args.pretrain_steps:
@@ -289,13 +318,14 @@ def main(argv: list[str] | None = None) -> None:
     print(block)
     if not args.no_readme:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "pretraining.json").write_text(json.dumps({"rows": rows, "summary": summary, "pretrain": pre,
+        stem = METHODS[args.method]["stem"]
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"rows": rows, "summary": summary, "pretrain": pre,
                                                               "args": vars(args)}, indent=1, default=str))
         import pandas as pd
 
-        pd.DataFrame(rows).to_csv(RESULTS / "pretraining.csv", index=False)
-        plot(summary, RESULTS / "pretraining.png")
-        update_readme("Pre-trained encoders: label efficiency", block)
+        pd.DataFrame(rows).to_csv(RESULTS / f"{stem}.csv", index=False)
+        plot(summary, RESULTS / f"{stem}.png", METHODS[args.method]["label"])
+        update_readme(METHODS[args.method]["section"], block)
 
 
 if __name__ == "__main__":

@@ -30,15 +30,20 @@ def _pretrain(args: argparse.Namespace) -> int:
     summary = run_pretraining(config, out, args.executor, options)
     if not summary.get("ok"):
         raise ArborsegError(f"pre-training {config.name} failed: {summary.get('reason')}")
-    print(f"pre-trained {config.name}: {summary['steps']} steps in {summary['seconds']:.0f} s, InfoNCE loss "
-          f"{summary['loss_start']:.3f} -> {summary['loss_end']:.3f}, positive found {summary['accuracy_end']:.0%} "
-          f"of the time; encoder {summary['encoder']} (use it as a tree's init); pictures in {out}/")
+    if config.method == "genesis":
+        learned = (f"restoration MSE {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} (returning the "
+                   f"distorted input: {summary['copy_mse_end']:.4f})")
+    else:
+        learned = (f"InfoNCE loss {summary['loss_start']:.3f} -> {summary['loss_end']:.3f}, positive found "
+                   f"{summary['accuracy_end']:.0%} of the time")
+    print(f"pre-trained {config.name} ({config.method}): {summary['steps']} steps in {summary['seconds']:.0f} s, "
+          f"{learned}; encoder {summary['encoder']} (use it as a tree's init); pictures in {out}/")
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add `arborseg pretrain` to the `arborseg` parser."""
-    p = sub.add_parser("pretrain", help="pre-train an encoder on unlabeled volumes (MoCo v2, as CEM500K)",
+    p = sub.add_parser("pretrain", help="pre-train an encoder on unlabeled volumes (MoCo v2 as CEM500K, or Models Genesis)",
                        description="Self-supervised pre-training of an encoder on unlabeled EM volumes. Rerun the "
                                    "same command to continue a stopped or killed run from its checkpoint.")
     p.add_argument("config", help="a pre-training YAML (see docs/pretraining.md)")

@@ -7,6 +7,9 @@ was trained with. A plain state_dict of the encoder (e.g. torchvision's ResNet-5
 loads too. Which modules take one: ``encoder_decoder`` (its ``encoders.*`` and ``downs.*``) and ``resnet_unet``
 (its ResNet-50), each through its tree value ``init``; the trainer calls :func:`initialise_encoders` before the
 first step. Every tensor of the network's encoder must be found with its shape, else one line says what differs.
+A checkpoint of a whole encoder-decoder (``arborseg pretrain`` with ``method: genesis``) also holds the decoder
+(``ups.*``, ``decoders.*``): it loads too where the network's decoder has the same tensors and shapes; otherwise
+the decoder starts at random and a warning says why.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ MOCO_PREFIXES = ("module.encoder_q.", "encoder_q.")
 HEAD_PREFIX = "fc."
 #: the prefixes of an EncoderDecoder's state_dict that make up its encoder
 ENCODER_DECODER_ENCODER = ("encoders.", "downs.")
+#: ... and its decoder (in checkpoints of a restoration pre-training, Models Genesis)
+ENCODER_DECODER_DECODER = ("ups.", "decoders.")
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,13 @@ class LoadReport:
     matched: int
     total: int
     norms: tuple[float, float] | None = None
+    decoder: int = 0  # decoder tensors loaded too (a checkpoint of the whole encoder-decoder)
 
     def line(self) -> str:
         norms = f"; input normalised with mean {self.norms[0]:.4g}, std {self.norms[1]:.4g}" if self.norms else ""
-        return f"{self.module}: {self.matched} of {self.total} encoder tensors loaded from {self.source}{norms}"
+        decoder = f" and {self.decoder} decoder tensors" if self.decoder else ""
+        return (f"{self.module}: {self.matched} of {self.total} encoder tensors{decoder} loaded from "
+                f"{self.source}{norms}")
 
 
 def read_encoder_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[float, float] | None]:
@@ -93,8 +101,36 @@ def encoder_state(module: nn.Module) -> dict[str, torch.Tensor]:
     raise PretrainError(f"{type(module).__name__} has no encoder that takes pre-trained weights")
 
 
+def decoder_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The decoder tensors of an ``encoder_decoder`` (none for other modules), sharing storage with it."""
+    if isinstance(module, EncoderDecoder):
+        return {k: v for k, v in module.state_dict(keep_vars=True).items() if k.startswith(ENCODER_DECODER_DECODER)}
+    return {}
+
+
+def _load_decoder(module: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> int:
+    """Copy the checkpoint's decoder into ``module`` where it holds the whole decoder with the same shapes; the
+    number of tensors loaded (0: none in the file, or it does not fit, which is logged: the decoder starts at
+    random, the encoder still loads)."""
+    target = decoder_state(module)
+    if not target or not any(k.startswith(ENCODER_DECODER_DECODER) for k in tensors):
+        return 0
+    missing = [k for k in target if k not in tensors]
+    wrong = [k for k in target if k in tensors and tuple(tensors[k].shape) != tuple(target[k].shape)]
+    if missing or wrong:
+        log.warning("%s: its decoder does not fit this %s (%s); the decoder starts at random", path,
+                    type(module).__name__, f"{missing[0]} missing" if missing else
+                    f"{wrong[0]} is {tuple(tensors[wrong[0]].shape)}, not {tuple(target[wrong[0]].shape)}")
+        return 0
+    with torch.no_grad():
+        for key, value in target.items():
+            value.copy_(tensors[key].to(value.dtype))
+    return len(target)
+
+
 def load_encoder(module: nn.Module, path: str | Path) -> LoadReport:
-    """Copy the encoder of the checkpoint ``path`` into ``module``; raises one line when it does not fit."""
+    """Copy the encoder of the checkpoint ``path`` into ``module`` (and its decoder, where the checkpoint holds
+    one that fits); raises one line when the encoder does not fit."""
     tensors, norms = read_encoder_checkpoint(path)
     target = encoder_state(module)
     name = type(module).__name__
@@ -113,7 +149,8 @@ def load_encoder(module: nn.Module, path: str | Path) -> LoadReport:
             value.copy_(tensors[key].to(value.dtype))
     if isinstance(module, ResNetUNet2d) and norms is not None:
         module.set_input_norms(*norms)
-    return LoadReport(str(path), name, len(target), len(target), norms if isinstance(module, ResNetUNet2d) else None)
+    return LoadReport(str(path), name, len(target), len(target), norms if isinstance(module, ResNetUNet2d) else None,
+                      _load_decoder(module, tensors, path))
 
 
 def pretrained_modules(model: nn.Module) -> list[nn.Module]:

@@ -8,12 +8,14 @@
       - {path: ../shared/data/unlabeled/isbi2012_test/raw.tif, z: [0, 20]}   # optionally a z range
     normalization: {mode: percentile, low: 1, high: 99}                      # as in a data YAML
     encoder: {tree: ../search_spaces/portfolio/unet2d_nnunet.yaml}   # its first encoder_decoder; or resnet50
-    method: mocov2
+    method: mocov2                     # or genesis (restoration; encoder and decoder)
     steps: 1000
     batch_size: 32
     patch: 64                          # xy size of the views; z: the encoder's window z (2D: 1)
-    lr: 0.0075                         # SGD, momentum 0.9, cosine; default 0.03 x batch / 128
-    moco: {dim: 128, queue: 4096, momentum: 0.99, temperature: 0.2}
+    lr: 0.0075                         # mocov2: SGD, momentum 0.9, cosine, default 0.03 x batch / 128;
+                                       # genesis: AdamW, cosine, default 1e-3
+    moco: {dim: 128, queue: 4096, momentum: 0.99, temperature: 0.2}     # mocov2 only
+    genesis: {nonlinear: 0.9, local_shuffle: 0.5, paint: 0.9, outpaint: 0.8}   # genesis only: probabilities
     checkpoint_every: 100
     seed: 0
 
@@ -29,10 +31,13 @@ from typing import Any
 from arborseg.errors import PretrainError, did_you_mean
 from arborseg.yamlfile import read_yaml_file
 
-METHODS = ("mocov2",)
+#: mocov2: contrastive, the encoder only (CEM500K's method); genesis: restoration, encoder and decoder (Models Genesis)
+METHODS = ("mocov2", "genesis")
 TOP_KEYS = ("name", "volumes", "normalization", "encoder", "method", "steps", "batch_size", "patch", "z", "lr",
-            "weight_decay", "moco", "checkpoint_every", "seed", "neighbours")
+            "weight_decay", "moco", "genesis", "checkpoint_every", "seed", "neighbours")
 MOCO_KEYS = {"dim": 128, "queue": 4096, "momentum": 0.99, "temperature": 0.2}
+#: Models Genesis' distortion probabilities (arborseg.pretrain.genesis.Distortions)
+GENESIS_KEYS = {"nonlinear": 0.9, "local_shuffle": 0.5, "paint": 0.9, "outpaint": 0.8}
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,11 @@ class PretrainConfig:
     lr: float | None = None
     weight_decay: float = 1e-4
     moco: dict[str, Any] = field(default_factory=lambda: dict(MOCO_KEYS))
+    genesis: dict[str, float] = field(default_factory=lambda: dict(GENESIS_KEYS))
     normalization: dict[str, Any] = field(default_factory=lambda: {"mode": "percentile", "low": 1.0, "high": 99.0})
     checkpoint_every: int = 100
     seed: int = 0
-    neighbours: bool = True  # draw the nearest-neighbour picture at the end
+    neighbours: bool = True  # draw the method's picture at the end (neighbours.png; genesis: restorations.png)
 
     @property
     def module(self) -> str:
@@ -69,12 +75,16 @@ class PretrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return float(self.lr) if self.lr is not None else 0.03 * self.batch_size / 128
+        """MoCo v2: SGD at 0.03 x batch / 128 (its linear scaling rule); Models Genesis: AdamW at 1e-3."""
+        if self.lr is not None:
+            return float(self.lr)
+        return 1e-3 if self.method == "genesis" else 0.03 * self.batch_size / 128
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["volumes"] = [{"path": v.path, "z": list(v.z) if v.z else None} for v in self.volumes]
         out["encoder"] = self.encoder if isinstance(self.encoder, str) else {"encoder_decoder": dict(self.encoder)}
+        out.pop("genesis" if self.method == "mocov2" else "moco")  # the other method's values
         return out
 
     @classmethod
@@ -129,6 +139,12 @@ class _Parser:
         if method not in METHODS:
             raise self.fail("method", f"{method!r} is not one of {list(METHODS)}")
         encoder, window_z = self.encoder(data["encoder"])
+        if method == "genesis" and encoder == "resnet50":
+            raise self.fail("encoder", "genesis restores patches with a whole encoder_decoder; resnet50 (an encoder "
+                            "without arborseg's decoder) is pre-trained with method: mocov2")
+        for other, owner in (("moco", "mocov2"), ("genesis", "genesis")):
+            if data.get(other) is not None and method != owner:
+                raise self.fail(other, f"only for method: {owner} (this config's method is {method})")
         z = self.positive(data, "z", window_z)
         if z != 1 and (isinstance(encoder, str) or encoder.get("dims", "2d") == "2d"):
             raise self.fail("z", f"a 2D encoder sees one slice at a time; z must be 1, got {z}")
@@ -152,10 +168,10 @@ class _Parser:
         if not 0 < moco["momentum"] < 1:
             raise self.fail("moco.momentum", f"must lie between 0 and 1, got {moco['momentum']}")
         batch = self.positive(data, "batch_size", 32)
-        if batch < 2:
+        if batch < 2 and method == "mocov2":
             raise self.fail("batch_size", "contrastive pre-training needs at least 2 views per batch")
         moco["dim"], moco["queue"] = int(moco["dim"]), int(moco["queue"])
-        if moco["queue"] % batch:
+        if method == "mocov2" and moco["queue"] % batch:
             raise self.fail("moco.queue", f"{moco['queue']} must be a multiple of batch_size {batch}")
         patch = self.positive(data, "patch", 64)
         multiple = 32 if isinstance(encoder, str) else 2 ** (int(encoder.get("depth", 4)) - 1)
@@ -169,9 +185,25 @@ class _Parser:
         return PretrainConfig(
             name=data["name"], volumes=self.volumes(data["volumes"]), encoder=encoder, method=method,
             steps=self.positive(data, "steps", 1000), batch_size=batch, patch=patch, z=z,
-            lr=None if lr is None else float(lr), weight_decay=float(decay), moco=moco, normalization=normalization,
+            lr=None if lr is None else float(lr), weight_decay=float(decay), moco=moco,
+            genesis=self.probabilities(data.get("genesis")), normalization=normalization,
             checkpoint_every=self.positive(data, "checkpoint_every", 100),
             seed=int(data.get("seed", 0)), neighbours=bool(data.get("neighbours", True)))
+
+    def probabilities(self, value: Any) -> dict[str, float]:
+        out = dict(GENESIS_KEYS)
+        if value is None:
+            return out
+        if not isinstance(value, dict):
+            raise self.fail("genesis", f"expected a mapping with keys {', '.join(GENESIS_KEYS)}")
+        for key, p in value.items():
+            if key not in GENESIS_KEYS:
+                raise self.fail(f"genesis.{key}", f"unknown key{did_you_mean(key, GENESIS_KEYS, '')} "
+                                f"(valid: {', '.join(GENESIS_KEYS)})")
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+                raise self.fail(f"genesis.{key}", f"expected a probability between 0 and 1, got {p!r}")
+            out[key] = float(p)
+        return out
 
     def volumes(self, value: Any) -> list[VolumeSpec]:
         if isinstance(value, (str, dict)):

@@ -21,8 +21,15 @@ if TYPE_CHECKING:
 CANDIDATES, QUERIES, SHOWN = 400, 4, 5
 
 
-def loss_curve(history: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Loss and top-1 accuracy (finding the positive among queue + 1) per step, with a running mean."""
+#: the two panels of the loss curve per method: (history key, title)
+CURVES = {"mocov2": (("loss", "InfoNCE loss"), ("accuracy", "top-1 accuracy of the positive")),
+          "genesis": (("loss", "restoration MSE"), ("copy_mse", "MSE of the distorted input (copying it)"))}
+
+
+def loss_curve(history: list[dict[str, Any]], path: Path, title: str, method: str = "mocov2") -> Path:
+    """The method's loss and its other number per step (MoCo: top-1 accuracy of finding the positive among
+    queue + 1; Genesis: the error of returning the distorted input, which the restoration must beat), with a
+    running mean."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,8 +37,8 @@ def loss_curve(history: list[dict[str, Any]], path: Path, title: str) -> Path:
 
     steps = np.array([h["step"] for h in history])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, key, label in zip(axes, ("loss", "accuracy"), ("InfoNCE loss", "top-1 accuracy of the positive")):
-        values = np.array([h[key] for h in history], dtype=float)
+    for ax, (key, label) in zip(axes, CURVES[method]):
+        values = np.array([h.get(key, np.nan) for h in history], dtype=float)
         ax.plot(steps, values, color="0.75", lw=0.8)
         if len(values) >= 10:
             k = max(5, len(values) // 25)
@@ -112,6 +119,46 @@ def neighbours_figure(trainer: Pretrainer, path: Path, seed: int = 12345) -> Pat
     axes[0, 0].set_title("query", fontsize=7)
     fig.suptitle(f"{trainer.config.name}: nearest patches (cosine similarity), step {trainer.state.step}",
                  fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def restorations_figure(trainer: Pretrainer, path: Path, seed: int = 12345, rows: int = 4) -> Path:
+    """A few patches: distorted, restored by the pre-trained encoder-decoder, and the original (Models Genesis).
+    A useful network restores membranes and organelles where they were cut out or scrambled, not just a blur."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from arborseg.pretrain.genesis import Genesis, restoration_pairs
+
+    model = trainer.model
+    assert isinstance(model, Genesis)
+    rng = np.random.default_rng(seed)
+    patches = [trainer.data.crop(rng, trainer.config.patch)[0] for _ in range(rows)]
+    distorted, target = restoration_pairs(patches, rng, trainer.distortions)
+    model.eval()
+    with torch.no_grad():
+        restored = model.restore(distorted.to(trainer.device)).cpu()
+    model.train()
+    mid = target.shape[2] // 2
+    fig, axes = plt.subplots(rows, 3, figsize=(5.4, 1.8 * rows))
+    for r in range(rows):
+        for c, (image, name) in enumerate(((distorted, "distorted input"), (restored, "restored"),
+                                           (target, "original"))):
+            axes[r, c].imshow(image[r, 0, mid].numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=8)
+        mse = float(((restored[r] - target[r]) ** 2).mean())
+        axes[r, 1].set_xlabel(f"MSE {mse:.4f}", fontsize=7)
+    fig.suptitle(f"{trainer.config.name}: restorations at step {trainer.state.step}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

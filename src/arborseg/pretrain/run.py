@@ -1,11 +1,13 @@
-"""Run a pre-training: sample views of unlabeled volumes, train MoCo v2, checkpoint, resume, draw, hand on.
+"""Run a pre-training: sample unlabeled patches, train MoCo v2 or Models Genesis, checkpoint, resume, draw, hand on.
 
-A run folder (``runs/pretrain/<name>``) holds ``pretrain.yaml`` (the config as run), ``checkpoint.pt`` (both
-encoders, queue, optimiser, schedule, RNG, step: a killed run continues from it), ``history.json`` (loss and
-top-1 accuracy per step), ``loss_curve.png``, ``neighbours.png`` (nearest neighbours of a few query patches,
-pre-trained vs random encoder) and the hand-over: ``encoder.pt`` (MoCo / CEM500K layout) with ``encoder.json``
-(which module it fits, its values and norms). ``encoder.pt`` is rewritten at every checkpoint, so a run stopped
-early still leaves an encoder to use. :class:`PretrainJob` runs it as a submitit job (debug, local, slurm).
+A run folder (``runs/pretrain/<name>``) holds ``pretrain.yaml`` (the config as run), ``checkpoint.pt`` (the
+model: MoCo's two encoders and queue, or Genesis' encoder-decoder; optimiser, schedule, RNG, step: a killed run
+continues from it), ``history.json`` (loss and the method's other number per step), ``loss_curve.png``, the
+picture to judge it by (MoCo: ``neighbours.png``, nearest neighbours of a few query patches, pre-trained vs
+random encoder; Genesis: ``restorations.png``) and the hand-over: ``encoder.pt`` (MoCo / CEM500K layout; Genesis
+adds the decoder) with ``encoder.json`` (which module it fits, its values and norms). ``encoder.pt`` is rewritten
+at every checkpoint, so a run stopped early still leaves an encoder to use. :class:`PretrainJob` runs it as a
+submitit job (debug, local, slurm).
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from arborseg.jobs.checkpointable import CheckpointableJob
 from arborseg.log import get_logger
 from arborseg.pretrain.augment import view_pairs
 from arborseg.pretrain.config import PretrainConfig
+from arborseg.pretrain.genesis import Distortions, Genesis, restoration_pairs
 from arborseg.pretrain.moco import MoCo
 
 log = get_logger(__name__)
 
 #: region side relative to the view side: crops of 0.2-1 of it are resized to the view (CEM500K: 224 of 224)
 REGION_FACTOR = 1.5
+#: Models Genesis' picture: distorted, restored and original patches
+RESTORATIONS_FILE = "restorations.png"
 SGD_MOMENTUM = 0.9
 
 
@@ -111,11 +116,20 @@ class Pretrainer:
         # training (instance norm), so their norms are the identity
         self.norms = self.data.norms(np.random.default_rng(config.seed + 1)) if config.encoder == "resnet50" \
             else (0.0, 1.0)
-        moco = config.moco
-        self.model = MoCo(config.encoder, self.norms, int(moco["dim"]), int(moco["queue"]), float(moco["momentum"]),
-                          float(moco["temperature"])).to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=config.learning_rate,
-                                         momentum=SGD_MOMENTUM, weight_decay=config.weight_decay)
+        self.model: MoCo | Genesis
+        self.optimizer: torch.optim.Optimizer
+        if config.method == "genesis":
+            assert isinstance(config.encoder, dict)
+            self.model = Genesis(config.encoder).to(self.device)
+            self.distortions = Distortions(**config.genesis)
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+                                               weight_decay=config.weight_decay)
+        else:
+            moco = config.moco
+            self.model = MoCo(config.encoder, self.norms, int(moco["dim"]), int(moco["queue"]),
+                              float(moco["momentum"]), float(moco["temperature"])).to(self.device)
+            self.optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=config.learning_rate,
+                                             momentum=SGD_MOMENTUM, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.steps)
         self.history: list[dict[str, float]] = []
         self.state = PretrainState()
@@ -168,6 +182,7 @@ class Pretrainer:
         c = self.config
         values = {} if c.encoder == "resnet50" else dict(c.encoder)  # type: ignore[arg-type]
         meta = {"module": c.module, "values": values, "norms": list(self.norms), "method": c.method,
+                "decoder": c.method == "genesis",
                 "arch": "resnet50" if c.encoder == "resnet50" else "encoder_decoder", "step": self.state.step,
                 "steps": c.steps, "seconds": round(self.state.seconds, 1), "volumes": [v.path for v in c.volumes],
                 "patch": c.patch, "z": c.z}
@@ -189,9 +204,7 @@ class Pretrainer:
         started = time.perf_counter()
         try:
             while self.state.step < c.steps:
-                regions = [self.data.region(self.rng) for _ in range(c.batch_size)]
-                first, second = view_pairs(regions, c.patch, self.rng)
-                loss, accuracy = self.model(first.to(self.device), second.to(self.device))
+                loss, metrics = self._loss()
                 if not torch.isfinite(loss):
                     raise PretrainError(f"pre-training loss became {loss.item()} at step {self.state.step + 1}; "
                                         f"lower lr (now {c.learning_rate:.3g})")
@@ -200,10 +213,11 @@ class Pretrainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.state.step += 1
-                self.history.append({"step": self.state.step, "loss": loss.item(), "accuracy": accuracy.item(),
+                self.history.append({"step": self.state.step, "loss": loss.item(),
+                                     **{k: v.item() for k, v in metrics.items()},
                                      "lr": float(self.scheduler.get_last_lr()[0])})
                 bar.update(1)
-                bar.set_postfix(loss=f"{self.history[-1]['loss']:.3f}", acc=f"{self.history[-1]['accuracy']:.2f}")
+                bar.set_postfix({k: f"{v:.3f}" for k, v in self.history[-1].items() if k not in ("step", "lr")})
                 if self.state.step % c.checkpoint_every == 0 or self.state.step == c.steps:
                     self.state.seconds += time.perf_counter() - started
                     started = time.perf_counter()
@@ -213,6 +227,18 @@ class Pretrainer:
         (self.out / runs.HISTORY_FILE).write_text(json.dumps(self.history))
         return self.summary()
 
+    def _loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one batch and the method's other numbers (MoCo: ``accuracy``, Genesis: ``copy_mse``)."""
+        c = self.config
+        if isinstance(self.model, Genesis):
+            patches = [self.data.crop(self.rng, c.patch)[0] for _ in range(c.batch_size)]
+            distorted, target = restoration_pairs(patches, self.rng, self.distortions)
+            return self.model(distorted.to(self.device), target.to(self.device))
+        regions = [self.data.region(self.rng) for _ in range(c.batch_size)]
+        first, second = view_pairs(regions, c.patch, self.rng)
+        loss, accuracy = self.model(first.to(self.device), second.to(self.device))
+        return loss, {"accuracy": accuracy}
+
     def summary(self) -> dict[str, Any]:
         last = self.history[-min(len(self.history), 20):]
         first = self.history[:min(len(self.history), 20)]
@@ -220,22 +246,26 @@ class Pretrainer:
         def mean(rows: list[dict[str, float]], key: str) -> float:
             return float(np.mean([r[key] for r in rows])) if rows else float("nan")
 
-        return {"name": self.config.name, "steps": self.state.step, "seconds": round(self.state.seconds, 1),
-                "loss_start": mean(first, "loss"), "loss_end": mean(last, "loss"),
-                "accuracy_end": mean(last, "accuracy"), "encoder": str(self.out / runs.ENCODER_CHECKPOINT)}
+        extra = "copy_mse" if self.config.method == "genesis" else "accuracy"
+        return {"name": self.config.name, "method": self.config.method, "steps": self.state.step,
+                "seconds": round(self.state.seconds, 1), "loss_start": mean(first, "loss"),
+                "loss_end": mean(last, "loss"), f"{extra}_end": mean(last, extra),
+                "encoder": str(self.out / runs.ENCODER_CHECKPOINT)}
 
 
 def pretrain(config: PretrainConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Pre-train (or continue) in ``out``, then draw the loss curve and the nearest neighbours; the summary."""
-    from arborseg.pretrain.figures import loss_curve, neighbours_figure
+    from arborseg.pretrain.figures import loss_curve, neighbours_figure, restorations_figure
 
     trainer = Pretrainer(config, out, progress)
     summary = trainer.fit()
-    loss_curve(trainer.history, trainer.out / runs.LOSS_CURVE_FILE, config.name)
-    if config.neighbours:
+    loss_curve(trainer.history, trainer.out / runs.LOSS_CURVE_FILE, config.name, config.method)
+    if config.neighbours and config.method == "genesis":
+        restorations_figure(trainer, trainer.out / RESTORATIONS_FILE)
+    elif config.neighbours:
         neighbours_figure(trainer, trainer.out / runs.NEIGHBOURS_FILE)
     (trainer.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    log.info("pre-trained %s: %d steps in %.0f s, loss %.3f -> %.3f; encoder %s", config.name, summary["steps"],
+    log.info("pre-trained %s: %d steps in %.0f s, loss %.4g -> %.4g; encoder %s", config.name, summary["steps"],
              summary["seconds"], summary["loss_start"], summary["loss_end"], summary["encoder"])
     return summary
 

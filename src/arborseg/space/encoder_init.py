@@ -5,7 +5,8 @@ MoCo v2 checkpoint such as CEM500K's ``cem500k_mocov2_resnet50_200ep.pth.tar``) 
 (which holds ``encoder.pt``). Beside an ``encoder.pt`` written by arborseg lies ``encoder.json``: which module
 the encoder belongs to and the values that fix its shape. A search space that offers such an encoder for an
 ``encoder_decoder`` node gets those values for the node (the encoder's structure is the checkpoint's, whatever
-was drawn for it), so that every sampled tree can load it.
+was drawn for it), so that every sampled tree can load it; where the checkpoint holds a decoder too (a restoration
+pre-training), the decoder's values are taken as well, so that it loads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ ENCODER_SPEC_FILE = "encoder.json"
 #: values of an ``encoder_decoder`` node that decide the shapes (or the features) of its encoder's weights
 ENCODER_VALUES = ("dims", "kernel_z", "depth", "width", "width_growth", "blocks_per_level", "layers_per_block",
                   "kernel_size", "norm", "activation", "separable", "pooling")
+#: ... and of its decoder, pinned too when the checkpoint holds a decoder (``encoder.json``: ``"decoder": true``)
+DECODER_VALUES = ("upsampling", "skip_merge")
 
 
 def is_random(init: Any) -> bool:
@@ -119,4 +122,5 @@ def pinned_values(node_type: str, init: str) -> dict[str, Any]:
     if spec["module"] != node_type:
         raise SpaceError(f"init: {init} holds the encoder of a {spec['module']} module, not of {node_type}; use it "
                          f"on a {spec['module']} node")
-    return {k: v for k, v in dict(spec.get("values") or {}).items() if k in ENCODER_VALUES}
+    pinned = ENCODER_VALUES + (DECODER_VALUES if spec.get("decoder") else ())
+    return {k: v for k, v in dict(spec.get("values") or {}).items() if k in pinned}
