@@ -124,25 +124,47 @@ def score(trainer: Trainer) -> dict[str, float]:
     return {"miou": float(scores["miou"]), "fn_401": float(scores["fn_401"])}
 
 
+def start_name(init: str, method: str) -> str:
+    """The folder (and record) name of a start: random, pretrained (MoCo v2) or pretrained_<method>."""
+    return init if init == "random" or method == "mocov2" else f"{init}_{method}"
+
+
+def run_identity(args: argparse.Namespace, init: str) -> dict[str, Any]:
+    """What a finished run must match to be reused: its steps and batch, and for a pre-trained start the
+    pre-training's method, steps and batch."""
+    same = {"steps": args.steps, "batch": args.batch, "method": "-"}
+    if init != "random":
+        same.update({"method": args.method, "pretrain_steps": args.pretrain_steps,
+                     "pretrain_batch": args.pretrain_batch})
+    return same
+
+
+def row_record(args: argparse.Namespace, dataset: str, labels: str, start: str, seed: int) -> Path:
+    """Where a finished run's row is kept in the repository (``benchmarks/results/<stem>_runs/``), so that a
+    later session or a clean clone goes on where this one stopped (the work dir in runs/ is not kept)."""
+    return RESULTS / f"{METHODS[args.method]['stem']}_runs" / f"{dataset}_labels{labels}_{start}_s{seed}.json"
+
+
 def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Path, args: argparse.Namespace
             ) -> dict[str, Any]:
     """Train one (dataset, labels, init, seed); the pre-trained start is also scored at steps / 2."""
     if args.threads:
         torch.set_num_threads(args.threads)
     name = f"{labels or 'all'}"
-    start = init if init == "random" or args.method == "mocov2" else f"{init}_{args.method}"
+    start = start_name(init, args.method)
     folder = Path(args.out) / dataset / f"labels_{name}" / start / f"seed{seed}"
     done = folder / "bench_pretraining.json"
-    if done.exists():
-        row = json.loads(done.read_text())
-        if row.get("steps") == args.steps and row.get("batch") == args.batch:
-            return row
+    record = row_record(args, dataset, name, start, seed)
+    for path in (done, record):  # the work dir's, or the one kept in the repository by an earlier session
+        if path.exists():
+            row = json.loads(path.read_text())
+            if all(row.get(k) == v for k, v in run_identity(args, init).items()):
+                return row
     shutil.rmtree(folder, ignore_errors=True)  # unfinished, or trained for another --steps / --batch
     data = data_with_labels(dataset, labels)
     tree = tree_with_init(str(encoder) if init == "pretrained" else "random")
     row: dict[str, Any] = {"dataset": dataset, "labels": name, "train_slices": data.regions["train"].shape[0],
-                           "init": init, "method": "-" if init == "random" else args.method, "seed": seed,
-                           "steps": args.steps, "batch": args.batch}
+                           "init": init, "seed": seed, **run_identity(args, init)}
     started = time.perf_counter()
     base = {"schedule_steps": args.steps, "eval_every": args.steps, "seed": seed, "device": "cpu",
             "precision": "fp32", "objective": "miou", "overlays": False, "overrides": {"batch_size": args.batch},
@@ -156,6 +178,9 @@ def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Pat
     row.update(score(trainer))
     row["seconds"] = round(time.perf_counter() - started, 1)
     done.write_text(json.dumps(row, indent=1))
+    if not args.no_readme:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(row, indent=1))
     print(f"{dataset} labels {name} {init} seed {seed}: mIoU {row['miou']:.4f}"
           + (f" (half-way {row['half_miou']:.4f})" if "half_miou" in row else "")
           + f", FN-401 {row['fn_401']:.2f}, {row['seconds']:.0f} s", flush=True)
@@ -287,15 +312,6 @@ def main(argv: list[str] | None = None) -> None:
     if not (UNLABELED / "drosophila_vnc_stack2" / "raw.tif").exists():
         raise SystemExit(f"the unlabeled volumes are not in {UNLABELED}: nothing to pre-train on")
     started = time.perf_counter()
-    pre_dir = pretrain_dir(args)
-    summary_file = pre_dir / "summary.json"
-    pre_cfg = pretrain_config(args)
-    if summary_file.exists() and json.loads(summary_file.read_text())["steps"] >= args.pretrain_steps:
-        pre = json.loads(summary_file.read_text())
-    else:
-        torch.set_num_threads(max(1, args.workers * args.threads))
-        pre = pretrain(pre_cfg, pre_dir, progress=True)
-    encoder = pre_dir / "encoder.pt"
     jobs = []
     for dataset in args.datasets:
         try:
@@ -306,6 +322,22 @@ def main(argv: list[str] | None = None) -> None:
         for labels in args.labels:
             n = None if labels == "all" else int(labels)
             jobs += [(dataset, n, init, seed) for seed in range(args.seeds) for init in INITS]
+    pre_dir = pretrain_dir(args)
+    summary_file = pre_dir / "summary.json"
+    kept = RESULTS / f"{METHODS[args.method]['stem']}_runs" / "pretrain_summary.json"
+    recorded = [row_record(args, d, f"{n or 'all'}", start_name(i, args.method), s) for d, n, i, s in jobs
+                if i != "random"]
+    if summary_file.exists() and json.loads(summary_file.read_text())["steps"] >= args.pretrain_steps:
+        pre = json.loads(summary_file.read_text())
+    elif kept.exists() and all(r.exists() for r in recorded):  # every pre-trained run is kept: no encoder needed
+        pre = json.loads(kept.read_text())
+    else:
+        torch.set_num_threads(max(1, args.workers * args.threads))
+        pre = pretrain(pretrain_config(args), pre_dir, progress=True)
+    if not args.no_readme:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(pre, indent=1))
+    encoder = pre_dir / "encoder.pt"
     if args.workers > 1:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:

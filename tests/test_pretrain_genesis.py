@@ -48,6 +48,16 @@ def genesis_run(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- distortions
+def test_intensity_curves_invert_only_when_asked() -> None:
+    from arborseg.pretrain.genesis import nonlinear_intensity
+
+    ramp = np.linspace(0, 1, 50, dtype=np.float32)
+    for seed in range(20):
+        assert (np.diff(nonlinear_intensity(ramp, np.random.default_rng(seed))) >= -1e-6).all()
+    inverted = [nonlinear_intensity(ramp, np.random.default_rng(seed), invert=1.0) for seed in range(5)]
+    assert all(curve[0] > curve[-1] for curve in inverted)
+
+
 def test_distortions_keep_shape_and_are_reproducible() -> None:
     patch = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
     a = distort(patch, np.random.default_rng(1))
@@ -78,7 +88,8 @@ def test_restoration_learns_on_real_unlabeled_em(genesis_run: Path) -> None:
     early = np.mean([h["loss"] for h in history[:10]])
     late = np.mean([h["loss"] for h in history[-20:]])
     copying = np.mean([h["copy_mse"] for h in history[-20:]])
-    assert late < 0.7 * early, (early, late)
+    assert late < 0.85 * early, (early, late)
+    assert late < 0.8, late  # standardised patches: predicting zero everywhere scores 1
     assert late < copying, (late, copying)  # it restores, it does not just return its input
     for name in ("encoder.pt", "encoder.json", "checkpoint.pt", "loss_curve.png", "restorations.png"):
         assert (genesis_run / name).is_file(), name
@@ -137,7 +148,7 @@ def test_bad_genesis_configs_are_one_line(change: dict, message: str) -> None:
 def test_genesis_defaults() -> None:
     config = PretrainConfig.from_dict(genesis_config(batch_size=1))
     assert config.learning_rate == pytest.approx(1e-3)
-    assert config.genesis == {"nonlinear": 0.9, "local_shuffle": 0.5, "paint": 0.9, "outpaint": 0.8}
+    assert config.genesis == {"nonlinear": 0.9, "invert": 0.0, "local_shuffle": 0.5, "paint": 0.9, "outpaint": 0.8}
 
 
 @needs_unlabeled

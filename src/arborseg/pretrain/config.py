@@ -15,7 +15,7 @@
     lr: 0.0075                         # mocov2: SGD, momentum 0.9, cosine, default 0.03 x batch / 128;
                                        # genesis: AdamW, cosine, default 1e-3
     moco: {dim: 128, queue: 4096, momentum: 0.99, temperature: 0.2}     # mocov2 only
-    genesis: {nonlinear: 0.9, local_shuffle: 0.5, paint: 0.9, outpaint: 0.8}   # genesis only: probabilities
+    genesis: {nonlinear: 0.9, invert: 0.0, local_shuffle: 0.5, paint: 0.9, outpaint: 0.8}   # genesis only
     checkpoint_every: 100
     seed: 0
 
@@ -37,7 +37,7 @@ TOP_KEYS = ("name", "volumes", "normalization", "encoder", "method", "steps", "b
             "weight_decay", "moco", "genesis", "checkpoint_every", "seed", "neighbours")
 MOCO_KEYS = {"dim": 128, "queue": 4096, "momentum": 0.99, "temperature": 0.2}
 #: Models Genesis' distortion probabilities (arborseg.pretrain.genesis.Distortions)
-GENESIS_KEYS = {"nonlinear": 0.9, "local_shuffle": 0.5, "paint": 0.9, "outpaint": 0.8}
+GENESIS_KEYS = {"nonlinear": 0.9, "invert": 0.0, "local_shuffle": 0.5, "paint": 0.9, "outpaint": 0.8}
 
 
 @dataclass(frozen=True)

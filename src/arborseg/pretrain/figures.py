@@ -127,15 +127,16 @@ def neighbours_figure(trainer: Pretrainer, path: Path, seed: int = 12345) -> Pat
 
 
 def restorations_figure(trainer: Pretrainer, path: Path, seed: int = 12345, rows: int = 4) -> Path:
-    """A few patches: distorted, restored by the pre-trained encoder-decoder, and the original (Models Genesis).
-    A useful network restores membranes and organelles where they were cut out or scrambled, not just a blur."""
+    """A few patches: distorted, restored by the pre-trained encoder-decoder, and the original (Models Genesis),
+    each standardised as the network sees them. A useful network restores membranes and organelles where they
+    were cut out or scrambled, not just a blur."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
 
-    from arborseg.pretrain.genesis import Genesis, restoration_pairs
+    from arborseg.pretrain.genesis import Genesis, restoration_pairs, standardise
 
     model = trainer.model
     assert isinstance(model, Genesis)
@@ -146,12 +147,13 @@ def restorations_figure(trainer: Pretrainer, path: Path, seed: int = 12345, rows
     with torch.no_grad():
         restored = model.restore(distorted.to(trainer.device)).cpu()
     model.train()
+    distorted, target = standardise(distorted), standardise(target)  # what the network restores: structure
     mid = target.shape[2] // 2
     fig, axes = plt.subplots(rows, 3, figsize=(5.4, 1.8 * rows))
     for r in range(rows):
         for c, (image, name) in enumerate(((distorted, "distorted input"), (restored, "restored"),
                                            (target, "original"))):
-            axes[r, c].imshow(image[r, 0, mid].numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[r, c].imshow(image[r, 0, mid].numpy(), cmap="gray", vmin=-2.5, vmax=2.5)
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
             if r == 0:
