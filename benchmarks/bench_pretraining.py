@@ -17,8 +17,14 @@ process each, ``--threads`` torch threads per process).
     python benchmarks/bench_pretraining.py                 # everything (resumable: finished runs are reused)
     python benchmarks/bench_pretraining.py --steps 20 --pretrain-steps 20 --seeds 1 --labels 1 --no-readme  # smoke
 
-Runs go to ``runs/bench_pretraining/``; results to ``benchmarks/results/pretraining.{json,csv,png}`` and the
-section "Pre-trained encoders: label efficiency" of ``benchmarks/README.md``.
+``--method genesis`` pre-trains by Models Genesis' restoration (encoder and decoder) instead of MoCo v2 (the
+encoder); each method has its own results and README section.
+
+Runs go to ``runs/bench_pretraining/``; results to ``benchmarks/results/pretraining.{json,csv,png}`` (genesis:
+``pretraining_genesis.*``) and the section "Pre-trained encoders: label efficiency" (genesis: "... (Models
+Genesis)") of ``benchmarks/README.md``. Every finished run's row is also kept in
+``benchmarks/results/<stem>_runs/`` (with the pre-training's summary): committed, they let the command go on in
+another session or a clean clone where ``runs/`` is gone; ``--collect-only`` writes the tables from them alone.
 """
 
 from __future__ import annotations
@@ -145,6 +151,22 @@ def row_record(args: argparse.Namespace, dataset: str, labels: str, start: str, 
     return RESULTS / f"{METHODS[args.method]['stem']}_runs" / f"{dataset}_labels{labels}_{start}_s{seed}.json"
 
 
+def kept_row(args: argparse.Namespace, dataset: str, labels: int | None, init: str, seed: int
+             ) -> dict[str, Any] | None:
+    """The row of a finished run kept in benchmarks/results/, or None."""
+    record = row_record(args, dataset, f"{labels or 'all'}", start_name(init, args.method), seed)
+    if not record.exists():
+        return None
+    row = json.loads(record.read_text())
+    return row if all(row.get(k) == v for k, v in run_identity(args, init).items()) else None
+
+
+def keep_row(args: argparse.Namespace, record: Path, row: dict[str, Any]) -> None:
+    if not args.no_readme and not record.exists():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(row, indent=1))
+
+
 def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Path, args: argparse.Namespace
             ) -> dict[str, Any]:
     """Train one (dataset, labels, init, seed); the pre-trained start is also scored at steps / 2."""
@@ -159,6 +181,7 @@ def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Pat
         if path.exists():
             row = json.loads(path.read_text())
             if all(row.get(k) == v for k, v in run_identity(args, init).items()):
+                keep_row(args, record, row)
                 return row
     shutil.rmtree(folder, ignore_errors=True)  # unfinished, or trained for another --steps / --batch
     data = data_with_labels(dataset, labels)
@@ -178,9 +201,7 @@ def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Pat
     row.update(score(trainer))
     row["seconds"] = round(time.perf_counter() - started, 1)
     done.write_text(json.dumps(row, indent=1))
-    if not args.no_readme:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(row, indent=1))
+    keep_row(args, record, row)
     print(f"{dataset} labels {name} {init} seed {seed}: mIoU {row['miou']:.4f}"
           + (f" (half-way {row['half_miou']:.4f})" if "half_miou" in row else "")
           + f", FN-401 {row['fn_401']:.2f}, {row['seconds']:.0f} s", flush=True)
@@ -245,7 +266,8 @@ def plot(summary: list[dict[str, Any]], path: Path, method: str = "MoCo v2") -> 
     plt.close(fig)
 
 
-def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argparse.Namespace, wall: float) -> str:
+def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argparse.Namespace, wall: float,
+                 finished: tuple[int, int]) -> str:
     m = METHODS[args.method]
     if args.method == "genesis":
         learned = (f"restoration MSE {pre['loss_start']:.4f} -> {pre['loss_end']:.4f} (returning the distorted input: "
@@ -259,7 +281,9 @@ def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argpa
         f"--pretrain-steps {args.pretrain_steps} --workers {args.workers} --threads {args.threads}`",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}; load "
-        f"average {os.getloadavg()[0]:.1f} at the end; {wall / 60:.0f} min for what was not already done.",
+        f"average {os.getloadavg()[0]:.1f} at the end; {wall / 60:.0f} min for what was not already done."
+        + ("" if finished[0] == finished[1] else f" **Finished runs: {finished[0]} of {finished[1]}** (the rest "
+           "runs when the command is given again; a row without seeds is one seed)."),
         "",
         "Tree: the portfolio's nnU-Net-style 2D U-Net (baseline B) scaled to this budget: 16 base filters, 4 stages, "
         "64 x 64 windows.",
@@ -271,7 +295,8 @@ def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argpa
         f", with `{m['picture']}`).",
         "",
         f"Then that tree with its own recipe (SGD + poly, deep supervision), batch {args.batch}, {args.steps} steps, "
-        f"from random weights and from the pre-trained encoder, on the first 1, 2, 4 or all training slices; "
+        f"from random weights and from the pre-trained {'encoder' if args.method == 'mocov2' else 'encoder-decoder'}, "
+        "on the first 1, 2, 4 or all training slices; "
         f"{REGION} mIoU and FN-401 (% of the region's voxels), mean ± std over {args.seeds} seeds. *gain*: paired "
         "mIoU difference (pre-trained - random); *half*: the pre-trained run scored at half the steps.",
         "",
@@ -308,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (pre-training: workers x threads)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_pretraining"))
     ap.add_argument("--no-readme", action="store_true", help="print only; do not update benchmarks/README.md")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="train nothing: tables and plot from the runs kept in benchmarks/results/<stem>_runs/")
     args = ap.parse_args(argv)
     if not (UNLABELED / "drosophila_vnc_stack2" / "raw.tif").exists():
         raise SystemExit(f"the unlabeled volumes are not in {UNLABELED}: nothing to pre-train on")
@@ -327,7 +354,11 @@ def main(argv: list[str] | None = None) -> None:
     kept = RESULTS / f"{METHODS[args.method]['stem']}_runs" / "pretrain_summary.json"
     recorded = [row_record(args, d, f"{n or 'all'}", start_name(i, args.method), s) for d, n, i, s in jobs
                 if i != "random"]
-    if summary_file.exists() and json.loads(summary_file.read_text())["steps"] >= args.pretrain_steps:
+    if args.collect_only:
+        if not kept.exists():
+            raise SystemExit(f"--collect-only: no pre-training kept in {kept}; run without it first")
+        pre = json.loads(kept.read_text())
+    elif summary_file.exists() and json.loads(summary_file.read_text())["steps"] >= args.pretrain_steps:
         pre = json.loads(summary_file.read_text())
     elif kept.exists() and all(r.exists() for r in recorded):  # every pre-trained run is kept: no encoder needed
         pre = json.loads(kept.read_text())
@@ -338,7 +369,9 @@ def main(argv: list[str] | None = None) -> None:
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps(pre, indent=1))
     encoder = pre_dir / "encoder.pt"
-    if args.workers > 1:
+    if args.collect_only:
+        rows = [row for row in (kept_row(args, *job) for job in jobs) if row is not None]
+    elif args.workers > 1:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
             futures = [pool.submit(run_one, *job, encoder, args) for job in jobs]
@@ -346,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         rows = [run_one(*job, encoder, args) for job in jobs]
     summary = summarise(rows)
-    block = readme_block(summary, pre, args, time.perf_counter() - started)
+    block = readme_block(summary, pre, args, time.perf_counter() - started, (len(rows), len(jobs)))
     print(block)
     if not args.no_readme:
         RESULTS.mkdir(parents=True, exist_ok=True)
