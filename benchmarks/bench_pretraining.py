@@ -53,7 +53,7 @@ from _readme import cpu_model, update_readme
 from arborseg.data import DataConfig
 from arborseg.errors import DataError
 from arborseg.pretrain import PretrainConfig
-from arborseg.pretrain.run import pretrain
+from arborseg.pretrain.run import pretrain, what_it_learned
 from arborseg.space.encoder_init import start_from
 from arborseg.train.settings import TrainSettings
 from arborseg.train.trainer import Trainer
@@ -269,12 +269,7 @@ def plot(summary: list[dict[str, Any]], path: Path, method: str = "MoCo v2") -> 
 def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argparse.Namespace, wall: float,
                  finished: tuple[int, int]) -> str:
     m = METHODS[args.method]
-    if args.method == "genesis":
-        learned = (f"restoration MSE {pre['loss_start']:.4f} -> {pre['loss_end']:.4f} (returning the distorted input: "
-                   f"{pre['copy_mse_end']:.4f})")
-    else:
-        learned = (f"InfoNCE loss {pre['loss_start']:.2f} -> {pre['loss_end']:.2f}, positive found "
-                   f"{pre['accuracy_end']:.0%} of the time at the end")
+    learned = what_it_learned(pre, args.method)
     lines = [
         f"Command: `python benchmarks/bench_pretraining.py --method {args.method} --steps {args.steps} "
         f"--seeds {args.seeds} "

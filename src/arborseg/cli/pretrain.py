@@ -14,7 +14,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from arborseg import runs
     from arborseg.pretrain import load_pretrain_config
-    from arborseg.pretrain.run import run_pretraining
+    from arborseg.pretrain.run import run_pretraining, what_it_learned
 
     config = load_pretrain_config(args.config)
     if args.steps:
@@ -30,14 +30,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     summary = run_pretraining(config, out, args.executor, options)
     if not summary.get("ok"):
         raise ArborsegError(f"pre-training {config.name} failed: {summary.get('reason')}")
-    if config.method == "genesis":
-        learned = (f"restoration MSE {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} (returning the "
-                   f"distorted input: {summary['copy_mse_end']:.4f})")
-    else:
-        learned = (f"InfoNCE loss {summary['loss_start']:.3f} -> {summary['loss_end']:.3f}, positive found "
-                   f"{summary['accuracy_end']:.0%} of the time")
     print(f"pre-trained {config.name} ({config.method}): {summary['steps']} steps in {summary['seconds']:.0f} s, "
-          f"{learned}; encoder {summary['encoder']} (use it as a tree's init); pictures in {out}/")
+          f"{what_it_learned(summary, config.method)}; encoder {summary['encoder']} (use it as a tree's init); pictures in {out}/")
     return 0
 
 

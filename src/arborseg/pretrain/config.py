@@ -24,6 +24,7 @@ Relative paths are relative to the YAML file's folder. Errors name the file and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,17 +155,7 @@ class _Parser:
         decay = data.get("weight_decay", 1e-4)
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
             raise self.fail("weight_decay", f"expected a number >= 0, got {decay!r}")
-        moco = dict(MOCO_KEYS)
-        raw_moco = data.get("moco") or {}
-        if not isinstance(raw_moco, dict):
-            raise self.fail("moco", f"expected a mapping with keys {', '.join(MOCO_KEYS)}")
-        for key, value in raw_moco.items():
-            if key not in MOCO_KEYS:
-                raise self.fail(f"moco.{key}", f"unknown key{did_you_mean(key, MOCO_KEYS, '')} "
-                                f"(valid: {', '.join(MOCO_KEYS)})")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise self.fail(f"moco.{key}", f"expected a positive number, got {value!r}")
-            moco[key] = value
+        moco = self.numbers("moco", data.get("moco"), MOCO_KEYS, lambda v: v > 0, "a positive number")
         if not 0 < moco["momentum"] < 1:
             raise self.fail("moco.momentum", f"must lie between 0 and 1, got {moco['momentum']}")
         batch = self.positive(data, "batch_size", 32)
@@ -186,23 +177,28 @@ class _Parser:
             name=data["name"], volumes=self.volumes(data["volumes"]), encoder=encoder, method=method,
             steps=self.positive(data, "steps", 1000), batch_size=batch, patch=patch, z=z,
             lr=None if lr is None else float(lr), weight_decay=float(decay), moco=moco,
-            genesis=self.probabilities(data.get("genesis")), normalization=normalization,
+            genesis={k: float(v) for k, v in self.numbers("genesis", data.get("genesis"), GENESIS_KEYS,
+                                                          lambda p: 0 <= p <= 1, "a probability between 0 and 1"
+                                                          ).items()},
+            normalization=normalization,
             checkpoint_every=self.positive(data, "checkpoint_every", 100),
             seed=int(data.get("seed", 0)), neighbours=bool(data.get("neighbours", True)))
 
-    def probabilities(self, value: Any) -> dict[str, float]:
-        out = dict(GENESIS_KEYS)
+    def numbers(self, key: str, value: Any, defaults: dict[str, Any], ok: Callable[[float], bool],
+                expected: str) -> dict[str, Any]:
+        """A mapping of numbers (``moco``, ``genesis``): ``defaults`` updated by ``value``, each checked by ``ok``."""
+        out = dict(defaults)
         if value is None:
             return out
         if not isinstance(value, dict):
-            raise self.fail("genesis", f"expected a mapping with keys {', '.join(GENESIS_KEYS)}")
-        for key, p in value.items():
-            if key not in GENESIS_KEYS:
-                raise self.fail(f"genesis.{key}", f"unknown key{did_you_mean(key, GENESIS_KEYS, '')} "
-                                f"(valid: {', '.join(GENESIS_KEYS)})")
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-                raise self.fail(f"genesis.{key}", f"expected a probability between 0 and 1, got {p!r}")
-            out[key] = float(p)
+            raise self.fail(key, f"expected a mapping with keys {', '.join(defaults)}")
+        for name, number in value.items():
+            if name not in defaults:
+                raise self.fail(f"{key}.{name}", f"unknown key{did_you_mean(name, defaults, '')} "
+                                f"(valid: {', '.join(defaults)})")
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not ok(number):
+                raise self.fail(f"{key}.{name}", f"expected {expected}, got {number!r}")
+            out[name] = number
         return out
 
     def volumes(self, value: Any) -> list[VolumeSpec]:

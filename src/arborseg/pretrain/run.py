@@ -253,6 +253,15 @@ class Pretrainer:
                 "encoder": str(self.out / runs.ENCODER_CHECKPOINT)}
 
 
+def what_it_learned(summary: dict[str, Any], method: str) -> str:
+    """One phrase on a pre-training's summary: how far its loss fell, and against what."""
+    if method == "genesis":
+        return (f"restoration MSE {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} (returning the distorted "
+                f"input: {summary['copy_mse_end']:.4f})")
+    return (f"InfoNCE loss {summary['loss_start']:.3f} -> {summary['loss_end']:.3f}, positive found "
+            f"{summary['accuracy_end']:.0%} of the time")
+
+
 def pretrain(config: PretrainConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Pre-train (or continue) in ``out``, then draw the loss curve and the nearest neighbours; the summary."""
     from arborseg.pretrain.figures import loss_curve, neighbours_figure, restorations_figure
