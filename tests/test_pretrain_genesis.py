@@ -188,3 +188,11 @@ def test_a_genesis_config_round_trips_as_a_job_reads_it() -> None:
     config = PretrainConfig.from_dict(genesis_config(genesis={"paint": 0.5}))
     again = PretrainConfig.from_dict(config.to_dict())
     assert again == config and "moco" not in config.to_dict()
+
+
+@needs_unlabeled
+def test_the_example_config_loads() -> None:
+    from arborseg.pretrain import load_pretrain_config
+
+    config = load_pretrain_config(ROOT / "examples" / "pretrain_em_genesis.yaml")
+    assert config.method == "genesis" and config.module == "encoder_decoder" and config.learning_rate == 1e-3
