@@ -225,8 +225,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             paired = [r["miou"] - by_seed[r["seed"]]["miou"] for r in cell
                       if r["init"] == "pretrained" and r["seed"] in by_seed]
             entry["gain"] = float(np.mean(paired)) if paired else math.nan
-            larger_std = max(entry.get("random.miou_std", math.nan), entry.get("pretrained.miou_std", math.nan))
-            entry["beats_by_more_than_std"] = bool(paired) and entry["gain"] > larger_std
+            stds = (entry.get("random.miou_std", math.nan), entry.get("pretrained.miou_std", math.nan))
+            entry["paired_seeds"] = len(paired)
+            # decided only where both starts have a seed std (2 seeds or more): None = not decided yet
+            entry["beats_by_more_than_std"] = None if any(math.isnan(v) for v in stds) or len(paired) < 2 \
+                else bool(entry["gain"] > max(stds))
             entry["half_reaches_random"] = ("pretrained.half_miou" in entry and "random.miou" in entry
                                             and entry["pretrained.half_miou"] >= entry["random.miou"])
             out.append(entry)
@@ -293,17 +296,20 @@ def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argpa
         f"from random weights and from the pre-trained {'encoder' if args.method == 'mocov2' else 'encoder-decoder'}, "
         "on the first 1, 2, 4 or all training slices; "
         f"{REGION} mIoU and FN-401 (% of the region's voxels), mean ± std over {args.seeds} seeds. *gain*: paired "
-        "mIoU difference (pre-trained - random); *half*: the pre-trained run scored at half the steps.",
+        "mIoU difference (pre-trained - random) over the seeds run from both starts; *> seed std*: the gain is larger than "
+        "the larger of the two seed stds (- : fewer than 2 seeds yet); *half*: the pre-trained run scored at half "
+        "the steps.",
         "",
-        "| dataset | slices | random mIoU | pre-trained mIoU | gain | > seed std | pre-trained at half | "
+        "| dataset | slices | paired seeds | random mIoU | pre-trained mIoU | gain | > seed std | pre-trained at half | "
         "reaches random's final at half | random FN-401 | pre-trained FN-401 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in summary:
         lines.append(
-            f"| {e['dataset']} | {e['train_slices']} | {_pm(e.get('random.miou'), e.get('random.miou_std'))} | "
+            f"| {e['dataset']} | {e['train_slices']} | {e['paired_seeds']} | "
+            f"{_pm(e.get('random.miou'), e.get('random.miou_std'))} | "
             f"{_pm(e.get('pretrained.miou'), e.get('pretrained.miou_std'))} | {e['gain']:+.3f} | "
-            f"{'yes' if e['beats_by_more_than_std'] else 'no'} | "
+            f"{ {True: 'yes', False: 'no', None: '-'}[e['beats_by_more_than_std']]} | "
             f"{_pm(e.get('pretrained.half_miou'), e.get('pretrained.half_miou_std'))} | "
             f"{'yes' if e['half_reaches_random'] else 'no'} | "
             f"{_pm(e.get('random.fn_401'), e.get('random.fn_401_std'), 2)} | "
