@@ -276,7 +276,8 @@ def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argpa
     lines = [
         f"Command: `python benchmarks/bench_pretraining.py --method {args.method} --steps {args.steps} "
         f"--seeds {args.seeds} "
-        f"--pretrain-steps {args.pretrain_steps} --workers {args.workers} --threads {args.threads}`",
+        f"--pretrain-steps {args.pretrain_steps} --pretrain-batch {args.pretrain_batch} --workers {args.workers} "
+        f"--threads {args.threads}`",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}; load "
         f"average {os.getloadavg()[0]:.1f} at the end; {wall / 60:.0f} min for what was not already done."
