@@ -19,13 +19,21 @@ Data: VNC (examples/vnc_5class.yaml, every 2nd pixel, central 256 x 256) and ISB
     python benchmarks/bench_active_learning.py --full        # 3 seeds, more steps and rounds, bigger crops
     python benchmarks/bench_active_learning.py --datasets isbi --strategies random entropy --seeds 1 --no-readme
 
-Writes benchmarks/results/active_learning.{csv,md,png}, active_learning_pseudo.png, active_learning_rows.json and the section "## Active learning" of
-benchmarks/README.md (other sections are left alone).
+    python benchmarks/bench_active_learning.py --init runs/bench_pretraining/pretrain_genesis --steps 400 \
+        --seeds 3 --strategies random entropy bald_mc kmeans coreset --no-pseudo      # the pre-trained start
+
+Writes benchmarks/results/active_learning.{csv,md,png}, active_learning_pseudo.png, active_learning_rows.json and the
+section "## Active learning" of benchmarks/README.md (other sections are left alone); with ``--init`` the stem is
+``active_learning_pretrained`` and the section "## Active learning (pre-trained start)", so both stay side by side.
+Every finished curve is also kept in ``benchmarks/results/<stem>_runs/`` (committed): a rerun, in this session or a
+clean clone, reuses the curves whose settings match and trains only the rest; ``--report-only`` writes the tables
+from the kept curves alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -37,6 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _readme import update_readme
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 STRATEGIES = ("random", "adjacent", "entropy", "least_confidence", "bald_mc", "bald_ensemble", "kmeans", "coreset")
@@ -45,6 +56,54 @@ DATASETS = {  # name: (data YAML, stride, crop)
     "isbi": ("examples/isbi2012_membrane.yaml", 1, 256),
 }
 PSEUDO_LAMBDA = 0.5
+UNCERTAINTY = ("entropy", "least_confidence", "bald_mc", "bald_ensemble")
+
+
+def stem(args: argparse.Namespace) -> str:
+    """The results' file stem: from scratch and from a pre-trained encoder are kept apart."""
+    return "active_learning_pretrained" if args.init else "active_learning"
+
+
+def section(args: argparse.Namespace) -> str:
+    return "Active learning (pre-trained start)" if args.init else "Active learning"
+
+
+def init_identity(init: str | None) -> str | None:
+    """What names a pre-trained start across sessions: the run folder's name and its pre-training steps and
+    method (the folder itself lives in runs/, which is not kept)."""
+    if not init:
+        return None
+    summary = Path(init) / "summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        return f"{Path(init).name}:{s.get('method')}:{s.get('steps')}"
+    return Path(init).name
+
+
+def task_key(task: dict) -> tuple[str, str]:
+    """(file name, identity hash) of a curve: a kept curve is reused only where every setting matches."""
+    ident = {k: task[k] for k in ("dataset", "seed", "kind", "strategy", "method", "crop_scale", "settings")}
+    ident["init"] = init_identity(task.get("init"))
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    slug = "".join(c if c.isalnum() else "_" for c in task["method"]).strip("_")
+    return f"{task['dataset']}_{task['kind']}_{slug}_s{task['seed']}.json", digest
+
+
+def kept_rows(task: dict, folder: Path) -> list[dict] | None:
+    """The rows of a kept curve with the same settings, else None."""
+    name, digest = task_key(task)
+    path = folder / name
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record["rows"] if record.get("identity") == digest else None
+
+
+def keep_rows(task: dict, rows: list[dict], folder: Path) -> None:
+    name, digest = task_key(task)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps({"identity": digest, "init": init_identity(task.get("init")),
+                                           "rows": rows}, indent=1))
 
 
 def budgets(full: bool) -> dict:
@@ -55,11 +114,27 @@ def budgets(full: bool) -> dict:
             "slices": dict(unit="slice", initial=1, per_round=1, rounds=3, steps=120)}
 
 
-def _trees():
+def _trees(init: str | None = None):
+    """(2D tree of the tiles, thin-3D tree of the pseudo-label arm). From scratch: quickstart's seed-1 2D U-Net
+    (11 k parameters). With ``init``: the label-efficiency benchmark's tree (baseline B scaled to 16-32-64-128,
+    SGD + poly, CE + Dice, deep supervision; benchmarks/bench_pretraining.py), whose pre-trained start was
+    measured there, starting from ``init``."""
     from arborseg.space import load_space
 
     space = load_space(ROOT / "search_spaces" / "quickstart.yaml")
-    return space.sample(1), space.sample(3)  # u2d-d3w7z1 (2D U-Net), t3d-d2w7z3 (thin 3D U-Net)
+    tree2d, tree3d = space.sample(1), space.sample(3)  # u2d-d3w7z1 (2D U-Net), t3d-d2w7z3 (thin 3D U-Net)
+    if init:
+        from bench_pretraining import bench_tree
+
+        from arborseg.space.encoder_init import start_from
+        from arborseg.tree import ModuleTree
+
+        tree2d = start_from(ModuleTree.from_dict(bench_tree()), init)
+    return tree2d, tree3d
+
+
+#: batch of the tiles' training with a pre-trained start: the label-efficiency benchmark's
+PRETRAINED_BATCH = 4
 
 
 def run_task(task: dict) -> list[dict]:
@@ -72,11 +147,7 @@ def run_task(task: dict) -> list[dict]:
 
     path, stride, crop = DATASETS[task["dataset"]]
     pool, evals = load_sim_volumes(path, xy=crop * task["crop_scale"], stride=stride)
-    tree2d, tree3d = _trees()
-    if task.get("init"):  # the 2D U-Net's encoder starts pre-trained (its structure taken from the checkpoint)
-        from arborseg.space.encoder_init import start_from
-
-        tree2d = start_from(tree2d, task["init"])
+    tree2d, tree3d = _trees(task.get("init"))
     settings = SimulationSettings(**task["settings"])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +168,8 @@ def make_tasks(args: argparse.Namespace) -> list[dict]:
     for ds in args.datasets:
         for seed in seeds:
             for strategy in args.strategies:
-                tiles = {**b["tiles"], "unit": "tile", **({"steps": args.steps} if args.steps else {})}
+                tiles = {**b["tiles"], "unit": "tile", **({"steps": args.steps} if args.steps else {}),
+                         **({"batch_size": PRETRAINED_BATCH} if args.init else {})}
                 tasks.append({"dataset": ds, "seed": seed, "kind": "tiles", "strategy": strategy, "method": strategy,
                               "crop_scale": b["crop_scale"], "settings": tiles, "init": args.init})
             if not args.no_pseudo:
@@ -128,32 +200,71 @@ def curve_table(rows: list[dict], kind: str, metric: str) -> tuple[list[str], li
     return head, body
 
 
+def _per_seed(sub: list[dict], ds: str, method: str, metric: str, last: int | None) -> list[float]:
+    """One value per seed: the metric at the budget ``last`` or (None) its mean over rounds 1..end."""
+    out = []
+    for seed in sorted({r["seed"] for r in sub if r["dataset"] == ds and r["method"] == method}):
+        v = [r[metric] for r in sub if r["dataset"] == ds and r["method"] == method and r["seed"] == seed
+             and r["round"] > 0 and (last is None or r["labeled_units"] == last)]
+        if v:
+            out.append(float(np.mean(v)))
+    return out
+
+
+def _beats(values: list[float], base: list[float]) -> str:
+    """'yes' when the mean is above random's by more than the larger seed std, 'no' otherwise, '-' with
+    fewer than 2 seeds on either side."""
+    if len(values) < 2 or len(base) < 2:
+        return "-"
+    return "yes" if np.mean(values) - np.mean(base) > max(np.std(values), np.std(base)) else "no"
+
+
 def gains(rows: list[dict]) -> list[list[str]]:
     """Per dataset and strategy: fg IoU at the last budget and the mean over the curve (area), relative to
-    random; FN-401 likewise."""
+    random and whether above it by more than the larger seed std; FN-401 likewise (relative only)."""
     out = []
     sub = [r for r in rows if r["kind"] == "tiles"]
     for ds in sorted({r["dataset"] for r in sub}):
         last = max(r["labeled_units"] for r in sub if r["dataset"] == ds)
-
-        def stat(method: str, metric: str, only_last: bool, ds: str = ds, last: int = last) -> float:
-            v = [r[metric] for r in sub if r["dataset"] == ds and r["method"] == method and r["round"] > 0
-                 and (r["labeled_units"] == last or not only_last)]
-            return float(np.mean(v)) if v else float("nan")
-
-        base = {m: (stat("random", m, True), stat("random", m, False)) for m in ("fg_iou", "fn_401")}
+        base = {(m, n): _per_seed(sub, ds, "random", m, n) for m in ("fg_iou", "fn_401") for n in (last, None)}
         for method in sorted({r["method"] for r in sub if r["dataset"] == ds}):
-            iou_last, iou_auc = stat(method, "fg_iou", True), stat(method, "fg_iou", False)
-            fn_last = stat(method, "fn_401", True)
-            out.append([ds, method, f"{iou_last:.3f}", f"{100 * (iou_last / base['fg_iou'][0] - 1):+.1f}%",
-                        f"{iou_auc:.3f}", f"{100 * (iou_auc / base['fg_iou'][1] - 1):+.1f}%", f"{fn_last:.3f}",
-                        f"{fn_last - base['fn_401'][0]:+.3f}"])
+            iou_last, iou_auc = (_per_seed(sub, ds, method, "fg_iou", n) for n in (last, None))
+            fn_last = _per_seed(sub, ds, method, "fn_401", last)
+            out.append([ds, method, f"{np.mean(iou_last):.3f}",
+                        f"{100 * (np.mean(iou_last) / np.mean(base['fg_iou', last]) - 1):+.1f}%",
+                        _beats(iou_last, base["fg_iou", last]), f"{np.mean(iou_auc):.3f}",
+                        f"{100 * (np.mean(iou_auc) / np.mean(base['fg_iou', None]) - 1):+.1f}%",
+                        _beats(iou_auc, base["fg_iou", None]), f"{np.mean(fn_last):.3f}",
+                        f"{np.mean(fn_last) - np.mean(base['fn_401', last]):+.3f}"])
+    return out
+
+
+GAINS_HEAD = ["data", "strategy", "fg IoU last", "vs random", "> seed std", "fg IoU mean", "vs random", "> seed std",
+              "FN-401 last", "vs random"]
+
+
+def rises(rows: list[dict]) -> list[str]:
+    """Per dataset: does random selection's curve rise with labels (last budget above the first by more than
+    the largest seed std anywhere on its curve)? Without that no strategy can be told apart from noise."""
+    out = []
+    sub = [r for r in rows if r["kind"] == "tiles" and r["method"] == "random"]
+    for ds in sorted({r["dataset"] for r in sub}):
+        points = sorted({r["labeled_units"] for r in sub if r["dataset"] == ds})
+        first, last = ([r["fg_iou"] for r in sub if r["dataset"] == ds and r["labeled_units"] == p]
+                       for p in (points[0], points[-1]))
+        gap = float(np.mean(last) - np.mean(first))
+        spread = max(float(np.std([r["fg_iou"] for r in sub if r["dataset"] == ds and r["labeled_units"] == p]))
+                     for p in points)
+        verdict = "rises" if gap > spread and len(first) > 1 else "does not rise"
+        out.append(f"- {ds}: random selection {verdict} with labels: fg IoU {np.mean(first):.3f} at {points[0]} "
+                   f"units, {np.mean(last):.3f} at {points[-1]} ({gap:+.3f}; largest seed std on the curve "
+                   f"{spread:.3f}).")
     return out
 
 
 def findings(rows: list[dict]) -> str:
     """Plain sentences computed from the rows: how each strategy compares with random, pseudo vs none."""
-    lines = []
+    lines = rises(rows)
     g = gains(rows)
 
     def pct(text: str) -> float:
@@ -163,13 +274,16 @@ def findings(rows: list[dict]) -> str:
         sub = [r for r in g if r[0] == ds and r[1] != "random"]
         if not sub:
             continue
-        best = max(sub, key=lambda r: float(r[4]))
-        worst = min(sub, key=lambda r: float(r[4]))
-        text = (f"- {ds}: over the curve the best strategy is {best[1]} (mean fg IoU {best[4]}, {best[5]} vs random), "
-                f"the worst {worst[1]} ({worst[4]}, {worst[5]})")
-        unc = [r for r in sub if r[1] in ("entropy", "least_confidence", "bald_mc", "bald_ensemble")]
+        best = max(sub, key=lambda r: float(r[5]))
+        worst = min(sub, key=lambda r: float(r[5]))
+        text = (f"- {ds}: over the curve the best strategy is {best[1]} (mean fg IoU {best[5]}, {best[6]} vs random), "
+                f"the worst {worst[1]} ({worst[5]}, {worst[6]})")
+        above = [r[1] for r in sub if r[4] == "yes" or r[7] == "yes"]
+        text += ("; above random by more than the seed std: " + (", ".join(above) if above else "none")
+                 + (" (2+ seeds needed to tell)" if all(r[4] == "-" for r in sub) else ""))
+        unc = [r for r in sub if r[1] in UNCERTAINTY]
         if unc:
-            mean_gain = [pct(r[5]) for r in unc]
+            mean_gain = [pct(r[6]) for r in unc]
             last_gain = [pct(r[3]) for r in unc]
             text += (f"; the uncertainty strategies lie between {min(mean_gain):+.1f}% and {max(mean_gain):+.1f}% "
                      f"(mean over the curve) and between {min(last_gain):+.1f}% and {max(last_gain):+.1f}% (last "
@@ -200,16 +314,6 @@ def machine() -> str:
             f"(shared), Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def write_readme(section: str) -> None:
-    readme = ROOT / "benchmarks" / "README.md"
-    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    start = text.find("\n## Active learning")
-    if start >= 0:
-        end = text.find("\n## ", start + 5)
-        text = text[:start] + text[end:] if end >= 0 else text[:start]
-    readme.write_text(text.rstrip("\n") + "\n\n" + section.strip("\n") + "\n")
-
-
 def report(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
     from arborseg.bootstrap.report import plot_learning_curves
 
@@ -218,9 +322,9 @@ def report(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
     slices = [r for r in rows if r["kind"] == "slices"]
     plots = []
     if tiles:
-        plots.append(plot_learning_curves(tiles, RESULTS / "active_learning.png"))
+        plots.append(plot_learning_curves(tiles, RESULTS / f"{stem(args)}.png"))
     if slices:
-        plots.append(plot_learning_curves(slices, RESULTS / "active_learning_pseudo.png"))
+        plots.append(plot_learning_curves(slices, RESULTS / f"{stem(args)}_pseudo.png"))
     b = budgets(args.full)
     parts = []
     if tiles:
@@ -233,8 +337,9 @@ def report(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
                      + "\n\nFN-401 (% of eval voxels; lower is better):\n\n"
                      + markdown(*curve_table(rows, "tiles", "fn_401"))
                      + "\n\nAgainst random at the last budget and over the curve (mean of rounds 1..end):\n\n"
-                     + markdown(["data", "strategy", "fg IoU last", "vs random", "fg IoU mean", "vs random",
-                                 "FN-401 last", "vs random"], gains(rows)))
+                     + markdown(GAINS_HEAD, gains(rows))
+                     + "\n\n*> seed std*: above random by more than the larger of the two seed stds (per-seed values: "
+                       "the last budget, or the mean over rounds 1..end); - : fewer than 2 seeds.")
     if slices:
         s = b["slices"]
         parts.append(f"**Pseudo-labels** (slices chosen at random, {s['initial']} at the start, +{s['per_round']} "
@@ -245,17 +350,45 @@ def report(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
     if tiles or slices:
         parts.append("Computed summary:\n\n" + findings(rows))
     table = "\n\n".join(parts)
-    (RESULTS / "active_learning.md").write_text(table + "\n")
+    (RESULTS / f"{stem(args)}.md").write_text(table + "\n")
     import csv
 
     keys = sorted({k for r in rows for k in r})
-    with open(RESULTS / "active_learning.csv", "w", newline="") as f:
+    with open(RESULTS / f"{stem(args)}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, keys)
         w.writeheader()
         w.writerows(rows)
     print(table)
     print("plots: " + ", ".join(str(p) for p in plots))
     return table
+
+
+def run_tasks(tasks: list[dict], args: argparse.Namespace) -> tuple[list[dict], float]:
+    """Rows of every task: kept curves are reused, the others trained (``--jobs`` processes) and kept."""
+    from tqdm import tqdm
+
+    folder = RESULTS / f"{stem(args)}_runs"
+    rows: list[dict] = []
+    todo = []
+    for task in tasks:
+        kept = kept_rows(task, folder)
+        if kept is None:
+            todo.append(task)
+        else:
+            rows.extend(kept)
+    if args.report_only:
+        print(f"{len(tasks) - len(todo)} of {len(tasks)} curves kept in {folder.relative_to(ROOT)}; "
+              f"{len(todo)} not run yet")
+        return rows, 0.0
+    print(f"{len(tasks) - len(todo)} of {len(tasks)} curves kept in {folder.relative_to(ROOT)}; training {len(todo)}")
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run_task, t): t for t in todo}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="curves", unit="curve"):
+            new = fut.result()
+            keep_rows(futures[fut], new, folder)
+            rows.extend(new)
+    return rows, time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,61 +399,62 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     p.add_argument("--no-pseudo", action="store_true", help="skip the pseudo-label comparison")
     p.add_argument("--init", metavar="ENCODER",
-                   help="start the tiles' 2D U-Net from a pre-trained encoder (an `arborseg pretrain` run folder "
-                        "or checkpoint; the encoder's structure comes from it)")
+                   help="train the tiles on the label-efficiency benchmark's 2D U-Net (batch 4) started from this "
+                        "pre-trained encoder (an `arborseg pretrain` run folder or checkpoint); results under the "
+                        "stem active_learning_pretrained")
     p.add_argument("--steps", type=int, help="training steps per round of the tiles curves (default: the budget's)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--no-readme", action="store_true", help="do not touch benchmarks/README.md")
     p.add_argument("--report-only", action="store_true",
-                   help="rebuild tables, plots and README from benchmarks/results/active_learning_rows.json")
+                   help="train nothing: tables, plots and README from the curves kept in "
+                        "benchmarks/results/<stem>_runs/ (or, where none are kept, <stem>_rows.json)")
     args = p.parse_args(argv)
-    from tqdm import tqdm
-
-    raw_rows = RESULTS / "active_learning_rows.json"
-    if args.report_only:
+    raw_rows = RESULTS / f"{stem(args)}_rows.json"
+    rows, seconds = run_tasks(make_tasks(args), args)
+    if args.report_only and not rows and raw_rows.exists():  # results from before curves were kept one by one
         saved = json.loads(raw_rows.read_text())
         rows, seconds = saved["rows"], saved["seconds"]
-    else:
-        tasks = make_tasks(args)
-        started = time.perf_counter()
-        rows = []
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_task, t) for t in tasks]
-            for fut in tqdm(as_completed(futures), total=len(futures), desc="curves", unit="curve"):
-                rows.extend(fut.result())
-                RESULTS.mkdir(parents=True, exist_ok=True)
-                raw_rows.write_text(json.dumps({"rows": rows, "seconds": time.perf_counter() - started}))
-        seconds = time.perf_counter() - started
+    if not rows:
+        raise SystemExit(f"no curves to report for {stem(args)}: run without --report-only first")
+    if not args.report_only:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        raw_rows.write_text(json.dumps({"rows": rows, "seconds": seconds}))
     table = report(rows, args, seconds)
     if not args.no_readme:
-        write_readme(readme_section(table, args, seconds))
+        update_readme(section(args), readme_section(table, args, seconds))
     return 0
 
 
 def readme_section(table: str, args: argparse.Namespace, seconds: float) -> str:
     cmd = "python benchmarks/bench_active_learning.py" + (" --full" if args.full else "") \
-        + (f" --init {args.init}" if args.init else "") + (f" --steps {args.steps}" if args.steps else "")
+        + (f" --init {args.init}" if args.init else "") + (f" --steps {args.steps}" if args.steps else "") \
+        + (f" --seeds {args.seeds}" if args.seeds else "") \
+        + (" --strategies " + " ".join(args.strategies) if list(args.strategies) != list(STRATEGIES) else "") \
+        + (" --datasets " + " ".join(args.datasets) if list(args.datasets) != list(DATASETS) else "") \
+        + (" --no-pseudo" if args.no_pseudo else "")
     start = (f"from the pre-trained encoder {args.init} (its encoder structure taken from it)" if args.init
              else "from scratch")
-    return f"""## Active learning
-
-`{cmd}` ({seconds / 60:.0f} min on {machine()}, {args.jobs} worker processes of one torch thread each).
+    net = ("The label-efficiency benchmark's 2D U-Net (baseline B scaled to 16-32-64-128 filters, its recipe: SGD + "
+           "poly, CE + Dice, deep supervision; batch 4)" if args.init else
+           "A 2D U-Net (quickstart seed 1, 11 k parameters)")
+    took = (f"{seconds / 60:.0f} min of training this invocation" if seconds else "tables from the kept curves")
+    s = stem(args)
+    pseudo = "" if args.no_pseudo else f" and `{s}_pseudo.png` (pseudo-labels)"
+    return f"""`{cmd}` ({took}; {machine()}, {args.jobs} worker processes of one torch thread each).
 Simulated bootstrapping with the ground truth as the oracle (`arborseg.bootstrap.simulation`): train on
 what is labeled (error-weighted by the previous corrections, weight 5 on all errors), score eval_near +
 eval_far, let the strategy choose the next units, label them from the ground truth, repeat. VNC: 5 classes,
 every 2nd pixel, central 256 x 256; ISBI 2012: membranes, central 256 x 256; the pool is the train region
-(VNC 8 slices = 128 tiles, ISBI 12 slices = 192 tiles). A 2D U-Net (quickstart seed 1, 11 k parameters,
-dropout 0.1 in every strategy so that the networks are the same) is trained {start} each round.
+(VNC 8 slices = 128 tiles, ISBI 12 slices = 192 tiles). {net} (dropout 0.1 in every
+strategy so that the networks are the same) is trained {start} each round.
 The pseudo-label arm trains a thin-3D U-Net (quickstart seed 3, 6 k parameters).
-Plots: `benchmarks/results/active_learning.png` (tiles) and `active_learning_pseudo.png` (pseudo-labels);
-every row in `benchmarks/results/active_learning.csv`.
+Plots: `benchmarks/results/{s}.png` (tiles){pseudo}; every row in `benchmarks/results/{s}.csv`;
+every curve kept in `benchmarks/results/{s}_runs/`.
 
-![learning curves](results/active_learning.png)
+![learning curves](results/{s}.png)
 
 {table}
-
-![pseudo-labels](results/active_learning_pseudo.png)
-"""
+""" + ("" if args.no_pseudo else f"\n![pseudo-labels](results/{s}_pseudo.png)\n")
 
 
 if __name__ == "__main__":
