@@ -179,6 +179,32 @@ def test_cli_loop_on_a_tiff_volume(volume, trees, tmp_path, capsys):
     assert "not a bootstrap project" in capsys.readouterr().err
 
 
+def test_a_project_can_start_from_a_pre_trained_encoder(volume, trees, tmp_path, caplog):
+    """`bootstrap init --init RUN`: the project's tree takes the encoder's structure and init, and every
+    iteration's training starts from those weights."""
+    from test_pretrain import write_encoder_run
+
+    from arborseg.cli import main
+    from arborseg.tree import ModuleTree
+
+    raw, gt = volume
+    write_volume(tmp_path / "raw.tif", raw)
+    write_volume(tmp_path / "partial.tif", np.where(np.arange(6)[:, None, None] == 2, gt, IGNORE).astype(np.uint8))
+    run = tmp_path / "my_encoder"
+    write_encoder_run(run, depth=2, width=4)
+    folder = tmp_path / "proj"
+    assert main(["bootstrap", "init", str(folder), "--raw", str(tmp_path / "raw.tif"), "--labels",
+                 str(tmp_path / "partial.tif"), "--classes", *CLASSES, "--tree", str(trees[0].save(tmp_path / "t.yaml")),
+                 "--steps", "2", "--device", "cpu", "--init", str(run)]) == 0
+    node = ModuleTree.load(folder / "tree.yaml").root.children[0]
+    assert (node.get("depth"), node.get("width"), node.get("init")) == (2, 4, str(run / "encoder.pt"))
+    with caplog.at_level("INFO", logger="arborseg"):
+        assert main(["bootstrap", "next", str(folder)]) == 0
+    assert any("encoder tensors" in r.getMessage() and "my_encoder" in r.getMessage() for r in caplog.records)
+    assert main(["bootstrap", "init", str(tmp_path / "proj2"), "--raw", str(tmp_path / "raw.tif"), "--classes",
+                 *CLASSES, "--tree", str(tmp_path / "t.yaml"), "--init", str(tmp_path / "nowhere")]) == 2
+
+
 def test_simulation_rows_grow_by_the_round(volume, trees, tmp_path):
     from arborseg.bootstrap.simulation import SimulationSettings, SimVolume, simulate
 

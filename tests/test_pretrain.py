@@ -320,6 +320,22 @@ def test_pretraining_runs_as_a_job_with_a_thin3d_encoder(kind: str, tmp_path: Pa
     assert not (tmp_path / "run" / "job.json").exists()  # the job record is dropped once it ended
 
 
+def write_encoder_run(run: Path, depth: int = 2, width: int = 4) -> dict[str, torch.Tensor]:
+    """A pre-training run folder as `arborseg pretrain` writes it (encoder.pt in the MoCo layout, encoder.json
+    with every encoder value) for a random 2D encoder; returns its state dict."""
+    from arborseg.space.catalog import MODULE_SPECS
+
+    run.mkdir(parents=True)
+    values = {name: p.default for name, p in MODULE_SPECS["encoder_decoder"].param_index.items()}
+    values.update(dims="2d", depth=depth, width=width)
+    values.pop("init")
+    encoder = encoder_decoder(**values)
+    state = {f"module.encoder_q.{k}": v for k, v in encoder.state_dict().items() if k.startswith(("encoders", "downs"))}
+    torch.save({"state_dict": state, "norms": [0.0, 1.0]}, run / "encoder.pt")
+    (run / "encoder.json").write_text(json.dumps({"module": "encoder_decoder", "values": values}))
+    return state
+
+
 def test_start_from_gives_a_tree_the_encoder_and_train_uses_it(tmp_path: Path) -> None:
     """`start_from` (and `arborseg train --init`): the checkpoint's encoder values and init on the tree's
     encoder_decoder; a tree without one is refused; training starts from the weights."""
@@ -327,16 +343,7 @@ def test_start_from_gives_a_tree_the_encoder_and_train_uses_it(tmp_path: Path) -
     from arborseg.space.encoder_init import start_from
 
     run = tmp_path / "runs" / "my_encoder"
-    run.mkdir(parents=True)
-    from arborseg.space.catalog import MODULE_SPECS
-
-    values = {name: p.default for name, p in MODULE_SPECS["encoder_decoder"].param_index.items()}
-    values.update(dims="2d", depth=2, width=4)  # as `arborseg pretrain` writes them: every value
-    values.pop("init")
-    encoder = encoder_decoder(**values)
-    state = {f"module.encoder_q.{k}": v for k, v in encoder.state_dict().items() if k.startswith(("encoders", "downs"))}
-    torch.save({"state_dict": state, "norms": [0.0, 1.0]}, run / "encoder.pt")
-    (run / "encoder.json").write_text(json.dumps({"module": "encoder_decoder", "values": values}))
+    state = write_encoder_run(run)
     tree = ModuleTree.load(ROOT / "search_spaces" / "portfolio" / "unet2d_nnunet.yaml")
     started = start_from(tree, str(run))
     node = started.root.children[0]

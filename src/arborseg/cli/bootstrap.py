@@ -71,7 +71,12 @@ def _init(args: argparse.Namespace) -> int:
     pseudo_tree = ModuleTree.load(args.pseudo_tree) if args.pseudo_tree else None
     if args.pseudo_lambda is not None and pseudo_tree is None:
         raise ArborsegError("--pseudo-lambda needs --pseudo-tree (a 2D tree, window z = 1)")
-    project = BootstrapProject.create(args.folder, raw, labels, ModuleTree.load(args.tree), settings, pseudo_tree)
+    tree = ModuleTree.load(args.tree)
+    if args.init:
+        from arborseg.space.encoder_init import start_from
+
+        tree = start_from(tree, args.init)
+    project = BootstrapProject.create(args.folder, raw, labels, tree, settings, pseudo_tree)
     print(project.status(plot=False))
     print(f"next: arborseg bootstrap next {args.folder}")
     return 0
@@ -154,6 +159,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--background-class", type=int, default=0, help="with --raw: left out of FN-n (default 0)")
     p.add_argument("--ignore-value", type=int, default=255, help="label value of unlabeled voxels (default 255)")
     p.add_argument("--tree", required=True, help="the network to train: a tree YAML (`arborseg space sample`)")
+    p.add_argument("--init", metavar="ENCODER",
+                   help="start the tree's encoder (every iteration) from a pre-trained one: an `arborseg pretrain` "
+                        "run folder, its encoder.pt or a CEM500K MoCo v2 file (the encoder's structure is taken "
+                        "from it)")
     p.add_argument("--unit", choices=("slice", "tile"), default="slice", help="what a person labels at once")
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (--unit tile; default 256)")
     p.add_argument("--pool", type=int, nargs=2, metavar=("Z0", "Z1"),
