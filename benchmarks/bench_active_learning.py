@@ -80,10 +80,11 @@ def init_identity(init: str | None) -> str | None:
     return Path(init).name
 
 
-def task_key(task: dict) -> tuple[str, str]:
-    """(file name, identity hash) of a curve: a kept curve is reused only where every setting matches."""
+def task_key(task: dict, init: str | None = None) -> tuple[str, str]:
+    """(file name, identity hash) of a curve: a kept curve is reused only where every setting matches
+    (``init``: the pre-trained start's identity, default :func:`init_identity` of the task's)."""
     ident = {k: task[k] for k in ("dataset", "seed", "kind", "strategy", "method", "crop_scale", "settings")}
-    ident["init"] = init_identity(task.get("init"))
+    ident["init"] = init or init_identity(task.get("init"))
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
     slug = "".join(c if c.isalnum() else "_" for c in task["method"]).strip("_")
     return f"{task['dataset']}_{task['kind']}_{slug}_s{task['seed']}.json", digest
@@ -96,7 +97,13 @@ def kept_rows(task: dict, folder: Path) -> list[dict] | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    return record["rows"] if record.get("identity") == digest else None
+    if record.get("identity") == digest:
+        return record["rows"]
+    init, kept_init = task.get("init"), str(record.get("init"))
+    if init and not (Path(init) / "summary.json").exists() and kept_init.split(":")[0] == Path(init).name \
+            and task_key(task, kept_init)[1] == record.get("identity"):
+        return record["rows"]  # the pre-training run is gone (runs/ is not kept): the curve's record names it
+    return None
 
 
 def keep_rows(task: dict, rows: list[dict], folder: Path) -> None:

@@ -44,6 +44,10 @@ def test_a_pre_trained_start_is_named_by_its_run_not_its_path(tmp_path):
     assert bench.task_key(_task(init=runs[0])) == bench.task_key(_task(init=runs[1]))
     assert bench.task_key(_task(init=runs[0])) != bench.task_key(_task())
     assert bench.init_identity(runs[0]) == "pretrain_genesis:genesis:600"
+    bench.keep_rows(_task(init=runs[0]), [{"round": 0}], tmp_path / "kept")
+    gone = str(tmp_path / "clean_clone" / "pretrain_genesis")  # runs/ is not kept: the curve's record names it
+    assert bench.kept_rows(_task(init=gone), tmp_path / "kept") == [{"round": 0}]
+    assert bench.kept_rows(_task(init=str(tmp_path / "clean_clone" / "other_run")), tmp_path / "kept") is None
 
 
 def test_the_pre_trained_variant_writes_its_own_results():
