@@ -230,13 +230,18 @@ def test_slurm_driver_kill9_then_resume_reattaches_running_jobs(slurm_cluster, t
         return None
 
     try:
-        running_at_kill = wait_for("a finished and a running trial at once", one_done_one_running)
+        wait_for("a finished and a running trial at once", one_done_one_running)
     except BaseException:
         driver.kill()
         raise
-    finished_before = {trial_id(t) for t in trials_now(run_dir) if t.state in FINISHED}
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait(10)
+    # read back after the kill: a job the dead driver had already told is finished, not one to reattach to
+    at_kill = trials_now(run_dir)
+    finished_before = {trial_id(t) for t in at_kill if t.state in FINISHED}
+    running_at_kill = {trial_id(t): t.user_attrs["job_id"] for t in at_kill
+                       if t.state == TrialState.RUNNING and "job_id" in t.user_attrs}
+    assert running_at_kill, "every running trial finished between the check and the kill: nothing to reattach"
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S)
     assert res.returncode == 0, res.stderr[-2000:]
 
