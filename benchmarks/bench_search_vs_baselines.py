@@ -702,6 +702,11 @@ def git_revision() -> str:
         return "?"
 
 
+#: what a cell record says about itself, not about the cell: a record whose cell is unchanged is not rewritten
+#: (its ``code`` stays the revision that trained it)
+RECORD_META = ("code", "source", "written")
+
+
 def collect(work: Path, budget: str, datasets: list[str], seeds: list[int], b: dict, p: dict,
             complete: set[tuple[str, int]]) -> dict[str, Any]:
     """Every cell's results: from the work dir, or from its record in benchmarks/results/ when the work dir does
@@ -719,10 +724,12 @@ def collect(work: Path, budget: str, datasets: list[str], seeds: list[int], b: d
             record = cell_record_path(budget, ds, seed)
             if (ds, seed) in complete:
                 cell = collect_cell(work, ds, seed, n_classes(ds), b, p)
-                record.parent.mkdir(parents=True, exist_ok=True)
-                record.write_text(json.dumps({**cell, "code": git_revision(), "source": str(work / ds / f"s{seed}"),
-                                              "written": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1,
-                                             default=str))
+                kept = json.loads(record.read_text()) if record.is_file() else {}
+                if {k: v for k, v in kept.items() if k not in RECORD_META} != json.loads(json.dumps(cell, default=str)):
+                    record.parent.mkdir(parents=True, exist_ok=True)  # new or changed: the revision that wrote it
+                    record.write_text(json.dumps({**cell, "code": git_revision(), "source": str(work / ds / f"s{seed}"),
+                                                  "written": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1,
+                                                 default=str))
             elif record.is_file():
                 cell = json.loads(record.read_text())
             else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -56,3 +57,26 @@ def test_cells_are_named_dataset_colon_seed():
         bench.parse_cell("isbi2012:7", ["isbi2012"], [0, 1, 2])
     with pytest.raises(SystemExit, match="DATASET:SEED"):
         bench.parse_cell("isbi2012", ["isbi2012"], [0, 1, 2])
+
+
+def test_a_record_is_rewritten_only_when_its_cell_changed(tmp_path, monkeypatch):
+    """Collecting a finished cell again keeps its record (and the revision that trained it) unless the cell's
+    results differ."""
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    cell = _record("isbi2012", 2, 0.69)
+    monkeypatch.setattr(bench, "collect_cell", lambda *args: json.loads(json.dumps(cell)))
+    monkeypatch.setattr(bench, "git_revision", lambda: "trained")
+    import arborseg.data
+
+    monkeypatch.setattr(arborseg.data, "load_data_config", lambda path: SimpleNamespace(classes=("a", "b")))
+    b = bench.BUDGETS["cpu_sh"]
+
+    def collect() -> dict:
+        bench.collect(tmp_path / "work", "cpu_sh", ["isbi2012"], [2], b, bench.plan(b), complete={("isbi2012", 2)})
+        return json.loads(bench.cell_record_path("cpu_sh", "isbi2012", 2).read_text())
+
+    assert collect()["code"] == "trained"
+    monkeypatch.setattr(bench, "git_revision", lambda: "later")
+    assert collect()["code"] == "trained"
+    cell["rows"][0]["value"] = 0.70
+    assert collect()["code"] == "later"
