@@ -202,7 +202,7 @@ def curve_table(rows: list[dict], kind: str, metric: str) -> tuple[list[str], li
             cells = [ds, method]
             for p in points:
                 v = [r[metric] for r in sub if r["dataset"] == ds and r["method"] == method and r["labeled_units"] == p]
-                cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "")
+                cells.append("" if not v else f"{v[0]:.3f}" if len(v) == 1 else f"{np.mean(v):.3f} ± {np.std(v):.3f}")
             body.append(cells)
     return head, body
 
@@ -239,9 +239,9 @@ def gains(rows: list[dict]) -> list[list[str]]:
             fn_last = _per_seed(sub, ds, method, "fn_401", last)
             out.append([ds, method, f"{np.mean(iou_last):.3f}",
                         f"{100 * (np.mean(iou_last) / np.mean(base['fg_iou', last]) - 1):+.1f}%",
-                        _beats(iou_last, base["fg_iou", last]), f"{np.mean(iou_auc):.3f}",
+                        "" if method == "random" else _beats(iou_last, base["fg_iou", last]), f"{np.mean(iou_auc):.3f}",
                         f"{100 * (np.mean(iou_auc) / np.mean(base['fg_iou', None]) - 1):+.1f}%",
-                        _beats(iou_auc, base["fg_iou", None]), f"{np.mean(fn_last):.3f}",
+                        "" if method == "random" else _beats(iou_auc, base["fg_iou", None]), f"{np.mean(fn_last):.3f}",
                         f"{np.mean(fn_last) - np.mean(base['fn_401', last]):+.3f}"])
     return out
 
@@ -339,7 +339,7 @@ def report(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
         start = f"from the encoder in {args.init}" if args.init else "from scratch"
         parts.append(f"**Tiles** ({t['tile']}x{t['tile']}; {t['initial']} at the start, {t['per_round']} per round, "
                      f"{t['rounds']} rounds; {t['steps']} training steps per round, {start}). Foreground IoU "
-                     "(mean ± std over seeds) against labeled tiles:\n\n"
+                     "(mean ± std over seeds; a value without ± is one seed) against labeled tiles:\n\n"
                      + markdown(*curve_table(rows, "tiles", "fg_iou"))
                      + "\n\nFN-401 (% of eval voxels; lower is better):\n\n"
                      + markdown(*curve_table(rows, "tiles", "fn_401"))
