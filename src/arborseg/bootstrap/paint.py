@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from arborseg.errors import ArborsegError
+from arborseg.viz.figures import save_figure
 
 # distinct colours for class ids 0.. (id 0 dark grey so that painting it stays visible); the ignore value
 # (unlabeled) is shown black
@@ -79,8 +80,4 @@ def preview(path: str | Path, raw: np.ndarray, labels: np.ndarray, ignore_value:
             ax.set_axis_off()
         axes[0, i].set_title(f"unit {i}", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 80)

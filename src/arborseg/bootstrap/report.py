@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from arborseg.viz.figures import save_figure
+
 HISTORY_COLUMNS = (("iteration", "it", "{:d}"), ("strategy", "strategy", "{}"), ("units", "units", "{:d}"),
                    ("labeled_units", "labeled", "{:d}"), ("labeled_fraction", "frac", "{:.3f}"),
                    ("changed", "changed", "{:d}"), ("changed_fraction", "chg%", "{:.2%}"),
@@ -58,11 +60,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 100)
 
 
 def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | Path, x: str = "labeled_units",
@@ -88,9 +86,4 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | Path, x: st
             ax.set(xlabel=x.replace("_", " "), ylabel=metric, title=f"{ds}: {metric}")
             ax.grid(alpha=0.3)
         axes[i, 0].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 100)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from arborseg.viz.figures import save_figure
+
 if TYPE_CHECKING:
     from arborseg.pretrain.run import Pretrainer
 
@@ -24,17 +26,6 @@ CANDIDATES, QUERIES, SHOWN = 400, 4, 5
 #: the two panels of the loss curve per method: (history key, title)
 CURVES = {"mocov2": (("loss", "InfoNCE loss"), ("accuracy", "top-1 accuracy of the positive")),
           "genesis": (("loss", "restoration MSE"), ("copy_mse", "MSE of the distorted input (copying it)"))}
-
-
-def _save(fig: Any, path: Path, dpi: int) -> Path:
-    """Lay out, write and close a figure."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
 
 
 def loss_curve(history: list[dict[str, Any]], path: Path, title: str, method: str = "mocov2") -> Path:
@@ -59,7 +50,7 @@ def loss_curve(history: list[dict[str, Any]], path: Path, title: str, method: st
         ax.set_xlabel("step")
         ax.set_title(label, fontsize=10)
     fig.suptitle(f"pre-training {title}", fontsize=11)
-    return _save(fig, path, 110)
+    return save_figure(fig, path, 110)
 
 
 def _patches(trainer: Pretrainer, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
@@ -126,7 +117,7 @@ def neighbours_figure(trainer: Pretrainer, path: Path, seed: int = 12345) -> Pat
     axes[0, 0].set_title("query", fontsize=7)
     fig.suptitle(f"{trainer.config.name}: nearest patches (cosine similarity), step {trainer.state.step}",
                  fontsize=9)
-    return _save(fig, path, 100)
+    return save_figure(fig, path, 100)
 
 
 def restorations_figure(trainer: Pretrainer, path: Path, seed: int = 12345, rows: int = 4) -> Path:
@@ -164,4 +155,4 @@ def restorations_figure(trainer: Pretrainer, path: Path, seed: int = 12345, rows
         mse = float(((restored[r] - target[r]) ** 2).mean())
         axes[r, 1].set_xlabel(f"MSE {mse:.4f}", fontsize=7)
     fig.suptitle(f"{trainer.config.name}: restorations at step {trainer.state.step}", fontsize=9)
-    return _save(fig, path, 100)
+    return save_figure(fig, path, 100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,16 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns the path."""
+    path = Path(path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
 
 
 def learning_curve(history: list[dict], path: str | Path, objective: str) -> Path:
@@ -36,11 +47,7 @@ def learning_curve(history: list[dict], path: str | Path, objective: str) -> Pat
         ax2.plot(*zip(*evals), "o-", color="#d62728", label=f"validation {objective}")
         ax2.set_ylabel(f"validation {objective}", color="#d62728")
     ax.legend(loc="upper right", fontsize=8, frameon=False)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def error_overlay(raw: np.ndarray, pred: np.ndarray, target: np.ndarray, path: str | Path, title: str = "",
@@ -61,8 +68,4 @@ def error_overlay(raw: np.ndarray, pred: np.ndarray, target: np.ndarray, path: s
     ax.imshow(rgb, interpolation="nearest")
     ax.set_title(f"{title}  FN red ({fn.mean():.2%}), FP yellow ({fp.mean():.2%})", fontsize=9)
     ax.axis("off")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
