@@ -20,6 +20,15 @@ process each, ``--threads`` torch threads per process).
 ``--method genesis`` pre-trains by Models Genesis' restoration (encoder and decoder) instead of MoCo v2 (the
 encoder); each method has its own results and README section.
 
+``--recipe nnssl`` fine-tunes the pre-trained start with the recipe nnssl (the DKFZ self-supervised nnU-Net; Wald et
+al. 2024) uses for pre-trained CNNs: a tenth of the from-scratch learning rate and a linear warm-up over the first
+5 % of the steps, then the tree's poly decay (``--recipe plain``, the default: the tree's own recipe unchanged). The
+random start keeps the tree's recipe either way (its runs are shared); each recipe has its own results and section.
+
+Besides the mid-run score at ``steps / 2`` (the LR schedule planned for ``steps``, not yet decayed), every
+pre-trained start is also trained as a run of its own with ``steps / 2`` steps (its schedule planned for them): what
+a user spends who trains for half the steps. Both are compared with the random start's final score.
+
 Runs go to ``runs/bench_pretraining/``; results to ``benchmarks/results/pretraining.{json,csv,png}`` (genesis:
 ``pretraining_genesis.*``) and the section "Pre-trained encoders: label efficiency" (genesis: "... (Models
 Genesis)") of ``benchmarks/README.md``. Every finished run's row is also kept in
@@ -69,6 +78,10 @@ SCALED = {"window": [1, 64, 64], "encoder_decoder": {"width": 16, "depth": 4}}
 UNLABELED = ROOT.parent / "shared" / "data" / "unlabeled"
 REGION = "eval_far"
 INITS = ("random", "pretrained")
+#: fine-tuning recipes of the pre-trained start (``--recipe``): what they say, their file-stem and section suffixes
+RECIPES = {"plain": {"says": "the tree's own recipe", "stem": "", "section": ""},
+           "nnssl": {"says": "nnssl's fine-tuning recipe: lr / 10, linear warm-up over the first 5 % of the steps, "
+                             "then poly", "stem": "_nnssl", "section": ", nnssl fine-tuning recipe"}}
 
 
 def bench_tree() -> dict[str, Any]:
@@ -92,6 +105,18 @@ METHODS = {"mocov2": {"name": "bench_unet2d_w16", "picture": "neighbours.png", "
                        "stem": "pretraining_genesis",
                        "section": "Pre-trained encoders: label efficiency (Models Genesis)",
                        "label": "Models Genesis (restoration; encoder and decoder)"}}
+
+
+def stem(args: argparse.Namespace) -> str:
+    """The file stem of this method's (and recipe's) results."""
+    return METHODS[args.method]["stem"] + RECIPES[args.recipe]["stem"]
+
+
+def finetune_overrides(args: argparse.Namespace, steps: int) -> dict[str, Any]:
+    """The training values a pre-trained start of ``steps`` steps takes from ``--recipe``."""
+    if args.recipe == "plain":
+        return {}
+    return {"lr": float(bench_tree()["training"]["lr"]) / 10, "warmup_steps": max(1, round(0.05 * steps))}
 
 
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
@@ -130,9 +155,12 @@ def score(trainer: Trainer) -> dict[str, float]:
     return {"miou": float(scores["miou"]), "fn_401": float(scores["fn_401"])}
 
 
-def start_name(init: str, method: str) -> str:
-    """The folder (and record) name of a start: random, pretrained (MoCo v2) or pretrained_<method>."""
-    return init if init == "random" or method == "mocov2" else f"{init}_{method}"
+def start_name(init: str, method: str, recipe: str = "plain") -> str:
+    """The folder (and record) name of a start: random, pretrained (MoCo v2) or pretrained_<method>, with
+    _<recipe> for a recipe other than plain."""
+    if init == "random":
+        return init
+    return (init if method == "mocov2" else f"{init}_{method}") + ("" if recipe == "plain" else f"_{recipe}")
 
 
 def run_identity(args: argparse.Namespace, init: str) -> dict[str, Any]:
@@ -142,19 +170,23 @@ def run_identity(args: argparse.Namespace, init: str) -> dict[str, Any]:
     if init != "random":
         same.update({"method": args.method, "pretrain_steps": args.pretrain_steps,
                      "pretrain_batch": args.pretrain_batch})
+        if args.recipe != "plain":
+            same["recipe"] = args.recipe
     return same
 
 
 def row_record(args: argparse.Namespace, dataset: str, labels: str, start: str, seed: int) -> Path:
     """Where a finished run's row is kept in the repository (``benchmarks/results/<stem>_runs/``), so that a
-    later session or a clean clone goes on where this one stopped (the work dir in runs/ is not kept)."""
-    return RESULTS / f"{METHODS[args.method]['stem']}_runs" / f"{dataset}_labels{labels}_{start}_s{seed}.json"
+    later session or a clean clone goes on where this one stopped (the work dir in runs/ is not kept). The random
+    start's runs are the same for every recipe: they are kept with the method's plain ones."""
+    folder = METHODS[args.method]["stem"] if start == "random" else stem(args)
+    return RESULTS / f"{folder}_runs" / f"{dataset}_labels{labels}_{start}_s{seed}.json"
 
 
 def kept_row(args: argparse.Namespace, dataset: str, labels: int | None, init: str, seed: int
              ) -> dict[str, Any] | None:
     """The row of a finished run kept in benchmarks/results/, or None."""
-    record = row_record(args, dataset, f"{labels or 'all'}", start_name(init, args.method), seed)
+    record = row_record(args, dataset, f"{labels or 'all'}", start_name(init, args.method, args.recipe), seed)
     if not record.exists():
         return None
     row = json.loads(record.read_text())
@@ -162,36 +194,40 @@ def kept_row(args: argparse.Namespace, dataset: str, labels: int | None, init: s
 
 
 def keep_row(args: argparse.Namespace, record: Path, row: dict[str, Any]) -> None:
-    if not args.no_readme and not record.exists():
+    """Keep ``row`` in the repository, unless that record holds it already."""
+    if not args.no_readme and not (record.exists() and json.loads(record.read_text()) == row):
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(row, indent=1))
 
 
 def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Path, args: argparse.Namespace
             ) -> dict[str, Any]:
-    """Train one (dataset, labels, init, seed); the pre-trained start is also scored at steps / 2."""
+    """Train one (dataset, labels, init, seed); the pre-trained start is also scored at steps / 2 and trained for
+    steps / 2 on a schedule of its own (added to a kept row that lacks it)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     name = f"{labels or 'all'}"
-    start = start_name(init, args.method)
+    start = start_name(init, args.method, args.recipe)
     folder = Path(args.out) / dataset / f"labels_{name}" / start / f"seed{seed}"
     done = folder / "bench_pretraining.json"
     record = row_record(args, dataset, name, start, seed)
     for path in (done, record):  # the work dir's, or the one kept in the repository by an earlier session
         if path.exists():
-            row = json.loads(path.read_text())
-            if all(row.get(k) == v for k, v in run_identity(args, init).items()):
-                keep_row(args, record, row)
-                return row
+            finished = json.loads(path.read_text())
+            if all(finished.get(k) == v for k, v in run_identity(args, init).items()):
+                if init == "pretrained" and "budget_half_miou" not in finished:
+                    finished.update(half_budget(dataset, labels, seed, encoder, args, folder))
+                    done.parent.mkdir(parents=True, exist_ok=True)
+                    done.write_text(json.dumps(finished, indent=1))
+                keep_row(args, record, finished)
+                return dict(finished)
     shutil.rmtree(folder, ignore_errors=True)  # unfinished, or trained for another --steps / --batch
     data = data_with_labels(dataset, labels)
     tree = tree_with_init(str(encoder) if init == "pretrained" else "random")
     row: dict[str, Any] = {"dataset": dataset, "labels": name, "train_slices": data.regions["train"].shape[0],
                            "init": init, "seed": seed, **run_identity(args, init)}
     started = time.perf_counter()
-    base = {"schedule_steps": args.steps, "eval_every": args.steps, "seed": seed, "device": "cpu",
-            "precision": "fp32", "objective": "miou", "overlays": False, "overrides": {"batch_size": args.batch},
-            "num_threads": args.threads}
+    base = settings_base(args, seed, args.steps, init)
     if init == "pretrained":  # half-way: the same run, scored, then continued on the same schedule
         half = Trainer(tree, data, TrainSettings(steps=args.steps // 2, **base), folder, progress=False)
         half.fit()
@@ -200,12 +236,33 @@ def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Pat
     trainer.fit()
     row.update(score(trainer))
     row["seconds"] = round(time.perf_counter() - started, 1)
+    if init == "pretrained":
+        row.update(half_budget(dataset, labels, seed, encoder, args, folder))
     done.write_text(json.dumps(row, indent=1))
     keep_row(args, record, row)
     print(f"{dataset} labels {name} {init} seed {seed}: mIoU {row['miou']:.4f}"
-          + (f" (half-way {row['half_miou']:.4f})" if "half_miou" in row else "")
+          + (f" (half-way {row['half_miou']:.4f}, trained for half {row['budget_half_miou']:.4f})"
+             if "half_miou" in row else "")
           + f", FN-401 {row['fn_401']:.2f}, {row['seconds']:.0f} s", flush=True)
     return row
+
+
+def settings_base(args: argparse.Namespace, seed: int, steps: int, init: str) -> dict[str, Any]:
+    """The training settings (but ``steps``) of a run whose schedule is planned for ``steps``."""
+    overrides = {"batch_size": args.batch, **(finetune_overrides(args, steps) if init == "pretrained" else {})}
+    return {"schedule_steps": steps, "eval_every": steps, "seed": seed, "device": "cpu", "precision": "fp32",
+            "objective": "miou", "overlays": False, "overrides": overrides, "num_threads": args.threads}
+
+
+def half_budget(dataset: str, labels: int | None, seed: int, encoder: Path, args: argparse.Namespace,
+                folder: Path) -> dict[str, float]:
+    """The pre-trained start trained for ``steps / 2`` on a schedule planned for them: its scores."""
+    steps = args.steps // 2
+    trainer = Trainer(tree_with_init(str(encoder)), data_with_labels(dataset, labels),
+                      TrainSettings(steps=steps, **settings_base(args, seed, steps, "pretrained")),
+                      folder / "half_budget", progress=False)
+    trainer.fit()
+    return {f"budget_half_{k}": v for k, v in score(trainer).items()}
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -216,7 +273,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry: dict[str, Any] = {"dataset": dataset, "labels": labels, "train_slices": cell[0]["train_slices"]}
             for init in INITS:
                 mine = [r for r in cell if r["init"] == init]
-                for key in ("miou", "fn_401", "half_miou"):
+                for key in ("miou", "fn_401", "half_miou", "budget_half_miou"):
                     values = np.array([r[key] for r in mine if key in r], dtype=float)
                     if len(values):
                         entry[f"{init}.{key}"] = float(values.mean())
@@ -230,8 +287,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # decided only where both starts have a seed std (2 seeds or more): None = not decided yet
             entry["beats_by_more_than_std"] = None if any(math.isnan(v) for v in stds) or len(paired) < 2 \
                 else bool(entry["gain"] > max(stds))
-            entry["half_reaches_random"] = ("pretrained.half_miou" in entry and "random.miou" in entry
-                                            and entry["pretrained.half_miou"] >= entry["random.miou"])
+            for key in ("half", "budget_half"):
+                entry[f"{key}_reaches_random"] = (f"pretrained.{key}_miou" in entry and "random.miou" in entry
+                                                  and entry[f"pretrained.{key}_miou"] >= entry["random.miou"])
             out.append(entry)
     return out
 
@@ -242,7 +300,7 @@ def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std:.{digits}f}")
 
 
-def plot(summary: list[dict[str, Any]], path: Path, method: str = "MoCo v2") -> None:
+def plot(summary: list[dict[str, Any]], path: Path, method: str = "MoCo v2", recipe: str = "plain") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,17 +315,33 @@ def plot(summary: list[dict[str, Any]], path: Path, method: str = "MoCo v2") -> 
             err = [e.get(f"{init}.miou_std", 0.0) for e in cells]
             ax.errorbar(x, y, yerr=err, marker="o", color=color, capsize=3, label=init)
         half = [e.get("pretrained.half_miou", math.nan) for e in cells]
-        ax.plot(x, half, ls=":", marker=".", color="C1", label="pretrained, half the steps")
+        ax.plot(x, half, ls=":", marker=".", color="C1", label="pretrained, scored half-way")
+        budget = [e.get("pretrained.budget_half_miou", math.nan) for e in cells]
+        if not all(math.isnan(v) for v in budget):
+            ax.plot(x, budget, ls="--", marker=".", color="C2", label="pretrained, trained for half the steps")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("labeled training slices")
         ax.set_ylabel(f"{REGION} mIoU")
         ax.set_title(dataset, fontsize=10)
         ax.legend(frameon=False, fontsize=8)
-    fig.suptitle(f"label efficiency, pre-trained by {method}", fontsize=10)
+    fig.suptitle(f"label efficiency, pre-trained by {method}" + RECIPES[recipe]["section"], fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def goal_line(summary: list[dict[str, Any]]) -> str:
+    """Issue 16's goal on the 1- and 2-slice cells of both datasets: beats random by more than the seed std, and
+    reaches random's final score in half the steps (half-way and trained for half)."""
+    cells = [e for e in summary if e["labels"] in ("1", "2")]
+    beats = sum(e["beats_by_more_than_std"] is True for e in cells)
+    half = sum(e["half_reaches_random"] for e in cells)
+    budget = sum(e["budget_half_reaches_random"] for e in cells)
+    met = bool(cells) and beats == len(cells) and max(half, budget) == len(cells)
+    return (f"Goal, on the {len(cells)} cells with 1 or 2 slices: beats random by more than the seed std in "
+            f"{beats}; reaches random's final score in half the steps in {half} (half-way) and {budget} (trained "
+            f"for half): **{'met' if met else 'not met'}**.")
 
 
 def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argparse.Namespace, wall: float,
@@ -278,7 +352,7 @@ def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argpa
         f"Command: `python benchmarks/bench_pretraining.py --method {args.method} --steps {args.steps} "
         f"--seeds {args.seeds} "
         f"--pretrain-steps {args.pretrain_steps} --pretrain-batch {args.pretrain_batch} --workers {args.workers} "
-        f"--threads {args.threads}`",
+        f"--threads {args.threads}" + ("" if args.recipe == "plain" else f" --recipe {args.recipe}") + "`",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}; load "
         f"average {os.getloadavg()[0]:.1f} at the end; {wall / 60:.0f} min for what was not already done."
@@ -295,16 +369,20 @@ def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argpa
         f", with `{m['picture']}`).",
         "",
         f"Then that tree with its own recipe (SGD + poly, deep supervision), batch {args.batch}, {args.steps} steps, "
-        f"from random weights and from the pre-trained {'encoder' if args.method == 'mocov2' else 'encoder-decoder'}, "
-        "on the first 1, 2, 4 or all training slices; "
+        f"from random weights and from the pre-trained {'encoder' if args.method == 'mocov2' else 'encoder-decoder'}"
+        + ("" if args.recipe == "plain" else f" (the pre-trained start with {RECIPES[args.recipe]['says']})")
+        + ", on the first 1, 2, 4 or all training slices; "
         f"{REGION} mIoU and FN-401 (% of the region's voxels), mean ± std over {args.seeds} seeds. *gain*: paired "
         "mIoU difference (pre-trained - random) over the seeds run from both starts; *> seed std*: the gain is larger than "
-        "the larger of the two seed stds (- : fewer than 2 seeds yet); *half*: the pre-trained run scored at half "
-        "the steps.",
+        "the larger of the two seed stds (- : fewer than 2 seeds yet); *half-way*: the pre-trained run scored at half "
+        "the steps (its LR not yet decayed); *trained for half*: the pre-trained start trained for half the steps "
+        "on a schedule planned for them; *reaches*: at least random's final mIoU.",
         "",
-        "| dataset | slices | paired seeds | random mIoU | pre-trained mIoU | gain | > seed std | pre-trained at half | "
-        "reaches random's final at half | random FN-401 | pre-trained FN-401 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        goal_line(summary),
+        "",
+        "| dataset | slices | paired seeds | random mIoU | pre-trained mIoU | gain | > seed std | pre-trained half-way | "
+        "reaches | pre-trained trained for half | reaches | random FN-401 | pre-trained FN-401 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in summary:
         lines.append(
@@ -314,9 +392,11 @@ def readme_block(summary: list[dict[str, Any]], pre: dict[str, Any], args: argpa
             f"{ {True: 'yes', False: 'no', None: '-'}[e['beats_by_more_than_std']]} | "
             f"{_pm(e.get('pretrained.half_miou'), e.get('pretrained.half_miou_std'))} | "
             f"{'yes' if e['half_reaches_random'] else 'no'} | "
+            f"{_pm(e.get('pretrained.budget_half_miou'), e.get('pretrained.budget_half_miou_std'))} | "
+            f"{'yes' if e['budget_half_reaches_random'] else ('no' if 'pretrained.budget_half_miou' in e else '-')} | "
             f"{_pm(e.get('random.fn_401'), e.get('random.fn_401_std'), 2)} | "
             f"{_pm(e.get('pretrained.fn_401'), e.get('pretrained.fn_401_std'), 2)} |")
-    lines += ["", f"![label efficiency](results/{m['stem']}.png)"]
+    lines += ["", f"![label efficiency](results/{stem(args)}.png)"]
     return "\n".join(lines)
 
 
@@ -330,6 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--method", choices=list(METHODS), default="mocov2",
                     help="self-supervision: mocov2 (CEM500K's; the encoder) or genesis (restoration; encoder and "
                          "decoder)")
+    ap.add_argument("--recipe", choices=list(RECIPES), default="plain",
+                    help="fine-tuning of the pre-trained start: plain (the tree's recipe) or nnssl (lr / 10, 5 %% "
+                         "warm-up)")
     ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--pretrain-batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2, help="segmentation runs trained side by side (processes)")
@@ -355,15 +438,16 @@ def main(argv: list[str] | None = None) -> None:
     pre_dir = pretrain_dir(args)
     summary_file = pre_dir / "summary.json"
     kept = RESULTS / f"{METHODS[args.method]['stem']}_runs" / "pretrain_summary.json"
-    recorded = [row_record(args, d, f"{n or 'all'}", start_name(i, args.method), s) for d, n, i, s in jobs
-                if i != "random"]
+    recorded = [row_record(args, d, f"{n or 'all'}", start_name(i, args.method, args.recipe), s)
+                for d, n, i, s in jobs if i != "random"]
     if args.collect_only:
         if not kept.exists():
             raise SystemExit(f"--collect-only: no pre-training kept in {kept}; run without it first")
         pre = json.loads(kept.read_text())
     elif summary_file.exists() and json.loads(summary_file.read_text())["steps"] >= args.pretrain_steps:
         pre = json.loads(summary_file.read_text())
-    elif kept.exists() and all(r.exists() for r in recorded):  # every pre-trained run is kept: no encoder needed
+    elif kept.exists() and all(r.exists() and "budget_half_miou" in json.loads(r.read_text()) for r in recorded):
+        # every pre-trained run is kept whole: no encoder needed
         pre = json.loads(kept.read_text())
     else:
         torch.set_num_threads(max(1, args.workers * args.threads))
@@ -386,14 +470,14 @@ def main(argv: list[str] | None = None) -> None:
     print(block)
     if not args.no_readme:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = METHODS[args.method]["stem"]
-        (RESULTS / f"{stem}.json").write_text(json.dumps({"rows": rows, "summary": summary, "pretrain": pre,
+        name = stem(args)
+        (RESULTS / f"{name}.json").write_text(json.dumps({"rows": rows, "summary": summary, "pretrain": pre,
                                                               "args": vars(args)}, indent=1, default=str))
         import pandas as pd
 
-        pd.DataFrame(rows).to_csv(RESULTS / f"{stem}.csv", index=False)
-        plot(summary, RESULTS / f"{stem}.png", METHODS[args.method]["label"])
-        update_readme(METHODS[args.method]["section"], block)
+        pd.DataFrame(rows).to_csv(RESULTS / f"{name}.csv", index=False)
+        plot(summary, RESULTS / f"{name}.png", METHODS[args.method]["label"], args.recipe)
+        update_readme(METHODS[args.method]["section"] + RECIPES[args.recipe]["section"], block)
 
 
 if __name__ == "__main__":

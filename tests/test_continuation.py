@@ -16,7 +16,7 @@ TREE = """
 arborseg_tree: 1
 space: test
 window: [1, 32, 32]
-training: {{optimizer: {optimizer}, schedule: {schedule}, lr: {lr}, foreground_bias: 0.5}}
+training: {{optimizer: {optimizer}, schedule: {schedule}, lr: {lr}, foreground_bias: 0.5{extra}}}
 root:
   type: sequence
   children:
@@ -33,8 +33,9 @@ def data() -> DataConfig:
         "membrane_class": 1, "regions": {"train": {"z": [0, 4]}, "validation": {"z": [4, 5]}}}, source="test")
 
 
-def tree(optimizer: str, schedule: str, lr: float) -> ModuleTree:
-    return ModuleTree.from_yaml(TREE.format(optimizer=optimizer, schedule=schedule, lr=lr), source="test")
+def tree(optimizer: str, schedule: str, lr: float, warmup: int = 0) -> ModuleTree:
+    extra = f", warmup_steps: {warmup}" if warmup else ""
+    return ModuleTree.from_yaml(TREE.format(optimizer=optimizer, schedule=schedule, lr=lr, extra=extra), source="test")
 
 
 def train(out, t: ModuleTree, steps: int, horizon: int | None) -> Trainer:
@@ -47,10 +48,10 @@ def train(out, t: ModuleTree, steps: int, horizon: int | None) -> Trainer:
     return trainer
 
 
-@pytest.mark.parametrize("optimizer,schedule,lr", [("sgd", "poly", 0.01), ("adamw", "cosine", 1e-3),
-                                                   ("adam", "onecycle", 1e-3)])
-def test_continuing_equals_training_straight_through(tmp_path, optimizer, schedule, lr):
-    t = tree(optimizer, schedule, lr)
+@pytest.mark.parametrize("optimizer,schedule,lr,warmup", [("sgd", "poly", 0.01, 0), ("adamw", "cosine", 1e-3, 0),
+                                                          ("adam", "onecycle", 1e-3, 0), ("sgd", "poly", 0.01, 15)])
+def test_continuing_equals_training_straight_through(tmp_path, optimizer, schedule, lr, warmup):
+    t = tree(optimizer, schedule, lr, warmup)  # warm-up 15: stopped at 10, inside it
     straight = train(tmp_path / "straight", t, 30, horizon=40)
     first = train(tmp_path / "continued", t, 10, horizon=40)
     assert first.step == 10
@@ -73,6 +74,23 @@ def test_poly_schedule_is_nnunets(tmp_path):
     assert opt.defaults["momentum"] == 0.99 and opt.defaults["nesterov"] is True
     lrs = [h["lr"] for h in trainer.history if "lr" in h]
     assert lrs == pytest.approx([0.01 * (1 - s / 10) ** 0.9 for s in range(1, 6)])
+
+
+def test_warmup_rises_linearly_then_the_schedule_runs_over_the_rest(tmp_path):
+    trainer = train(tmp_path, tree("sgd", "poly", 0.01, warmup=4), 10, horizon=10)
+    lrs = [h["lr"] for h in trainer.history if "lr" in h]
+    rise = [0.01 * (0.25 + 0.75 * s / 4) for s in range(1, 5)]  # from lr / 4 at step 0 to lr at step 4
+    decay = [0.01 * (1 - s / 6) ** 0.9 for s in range(1, 7)]  # poly over the 6 steps that are left
+    assert lrs == pytest.approx(rise + decay)
+
+
+@pytest.mark.parametrize("schedule,warmup,says", [("poly", 10, "below the schedule's horizon"),
+                                                  ("onecycle", 2, "onecycle")])
+def test_a_warmup_that_cannot_run_is_refused_with_one_line(tmp_path, schedule, warmup, says):
+    with pytest.raises(ArborsegError) as err:
+        train(tmp_path, tree("sgd", schedule, 0.01, warmup=warmup), 5, horizon=10)
+    message = str(err.value)
+    assert "\n" not in message and "warmup_steps" in message and says in message
 
 
 def test_steps_beyond_the_horizon_are_refused_with_one_line(tmp_path):

@@ -210,6 +210,9 @@ TRAINING_PARAMS: dict[str, ParamSpec] = {
            doc="learning rate of pre-trained encoders relative to lr (fine-tuning; random starts ignore it)"),
         _p("freeze_encoder_steps", int, 0, low=0, high=100_000,
            doc="steps during which pre-trained encoders stay frozen (only the rest of the net trains)"),
+        _p("warmup_steps", int, 0, low=0, high=100_000,
+           doc="LR rises linearly to lr over the first N steps, then the schedule runs over the rest of the horizon "
+               "(nnU-Net/nnssl fine-tuning); not with onecycle, which warms up itself"),
     ]
 }
 

@@ -89,24 +89,39 @@ def make_optimizer(model: torch.nn.Module, values: dict, steps: int,
         ids = {id(p) for p in encoder_params}
         params = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr},
                   {"params": list(encoder_params), "lr": lr * float(values["encoder_lr_scale"])}]
+    warmup = int(values.get("warmup_steps", 0))
+    if warmup and (values["schedule"] == "onecycle" or warmup >= steps):
+        raise ArborsegError(f"warmup_steps {warmup} " + ("cannot be combined with schedule onecycle (it warms up "
+                            "itself): set one of them" if values["schedule"] == "onecycle" else
+                            f"must be below the schedule's horizon of {steps} steps: lower it or train longer"))
     optimizer: torch.optim.Optimizer
     if values["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(params, lr=lr, weight_decay=decay, momentum=SGD_MOMENTUM, nesterov=True)
     else:
         cls = torch.optim.AdamW if values["optimizer"] == "adamw" else torch.optim.Adam
         optimizer = cls(params, lr=lr, weight_decay=decay)
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    if values["schedule"] == "cosine":
+    if not warmup:
+        return optimizer, _decay(optimizer, values["schedule"], steps, lr, params)
+    # nnU-Net's fine-tuning warm-up (nnUNetTrainerV2_warmup, nnssl): linear from lr / warmup to lr, then the
+    # schedule over the steps that are left
+    rise = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0,
+                                             total_iters=warmup)
+    decay = _decay(optimizer, values["schedule"], steps - warmup, lr, params)
+    return optimizer, torch.optim.lr_scheduler.SequentialLR(optimizer, [rise, decay], milestones=[warmup])
+
+
+def _decay(optimizer: torch.optim.Optimizer, schedule: str, steps: int, lr: float, params: list[dict[str, Any]]
+           ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The LR schedule ``schedule`` over ``steps`` steps."""
+    if schedule == "cosine":
         # down to lr / 100 (for every parameter group: a pre-trained encoder's lower rate ends there too)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=lr * 0.01)
-    elif values["schedule"] == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in params],
-                                                        total_steps=max(steps, 2))
-    elif values["schedule"] == "poly":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _PolyFactor(max(steps, 1)))
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return optimizer, scheduler
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=lr * 0.01)
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in params],
+                                                   total_steps=max(steps, 2))
+    if schedule == "poly":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, _PolyFactor(max(steps, 1)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
 class _PolyFactor:
