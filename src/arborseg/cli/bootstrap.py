@@ -71,11 +71,9 @@ def _init(args: argparse.Namespace) -> int:
     pseudo_tree = ModuleTree.load(args.pseudo_tree) if args.pseudo_tree else None
     if args.pseudo_lambda is not None and pseudo_tree is None:
         raise ArborsegError("--pseudo-lambda needs --pseudo-tree (a 2D tree, window z = 1)")
-    tree = ModuleTree.load(args.tree)
-    if args.init:
-        from arborseg.space.encoder_init import start_from
+    from arborseg.space.encoder_init import load_tree
 
-        tree = start_from(tree, args.init)
+    tree = load_tree(args.tree, args.init)
     project = BootstrapProject.create(args.folder, raw, labels, tree, settings, pseudo_tree)
     print(project.status(plot=False))
     print(f"next: arborseg bootstrap next {args.folder}")

@@ -13,15 +13,11 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from arborseg.data import load_data_config
+    from arborseg.space.encoder_init import load_tree
     from arborseg.train.settings import TrainSettings
     from arborseg.train.trainer import train_and_score
-    from arborseg.tree import ModuleTree
 
-    tree = ModuleTree.load(args.tree)
-    if args.init:
-        from arborseg.space.encoder_init import start_from
-
-        tree = start_from(tree, args.init)
+    tree = load_tree(args.tree, args.init)
     data = load_data_config(args.data)
     settings = {"steps": args.steps, "seed": args.seed, "device": args.device, "objective": args.objective,
                 "eval_every": args.eval_every or max(1, args.steps // 5), "precision": args.precision}

@@ -77,6 +77,12 @@ def start_from(tree: ModuleTree, init: str) -> ModuleTree:
     return ModuleTree(root, tree.window, tree.training, tree.space, tree.choices, tree.structural)
 
 
+def load_tree(path: str | Path, init: str | None = None) -> ModuleTree:
+    """The tree saved at ``path``, starting from the encoder ``init`` when one is given (see :func:`start_from`)."""
+    tree = ModuleTree.load(path)
+    return start_from(tree, init) if init else tree
+
+
 def resolve_init(init: str, base_dirs: tuple[Path, ...] = ()) -> str:
     """``init`` as an absolute path to a checkpoint file (``random`` stays ``random``).
 
