@@ -338,7 +338,8 @@ def goal_line(summary: list[dict[str, Any]]) -> str:
     beats = sum(e["beats_by_more_than_std"] is True for e in cells)
     half = sum(e["half_reaches_random"] for e in cells)
     budget = sum(e["budget_half_reaches_random"] for e in cells)
-    met = bool(cells) and beats == len(cells) and max(half, budget) == len(cells)
+    either = sum(e["half_reaches_random"] or e["budget_half_reaches_random"] for e in cells)
+    met = bool(cells) and beats == len(cells) and either == len(cells)
     return (f"Goal, on the {len(cells)} cells with 1 or 2 slices: beats random by more than the seed std in "
             f"{beats}; reaches random's final score in half the steps in {half} (half-way) and {budget} (trained "
             f"for half): **{'met' if met else 'not met'}**.")
