@@ -341,7 +341,7 @@ def goal_line(summary: list[dict[str, Any]]) -> str:
     either = sum(e["half_reaches_random"] or e["budget_half_reaches_random"] for e in cells)
     met = bool(cells) and beats == len(cells) and either == len(cells)
     return (f"Goal, on the {len(cells)} cells with 1 or 2 slices: beats random by more than the seed std in "
-            f"{beats}; reaches random's final score in half the steps in {half} (half-way) and {budget} (trained "
+            f"{beats}; reaches random's final score in half the steps in {either} ({half} half-way, {budget} trained "
             f"for half): **{'met' if met else 'not met'}**.")
 
 
