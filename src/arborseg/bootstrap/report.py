@@ -69,6 +69,8 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | Path, x: st
     per method."""
     plt = _plt()
     datasets = sorted({r["dataset"] for r in rows})
+    # one colour per method in every panel, so that a method is the same line whatever the others run
+    colours = {m: f"C{k % 10}" for k, m in enumerate(sorted({r["method"] for r in rows}))}
     fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(5.2 * len(metrics), 3.8 * len(datasets)),
                              squeeze=False)
     for i, ds in enumerate(datasets):
@@ -80,9 +82,9 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | Path, x: st
                 vals = [[r[metric] for r in sub if r["method"] == method and r[x] == p] for p in pts]
                 mean = [np.nanmean(v) for v in vals]
                 style = "--" if method.startswith(("random", "adjacent")) else "-"
-                line, = ax.plot(pts, mean, style, marker="o", ms=3, label=method)
+                ax.plot(pts, mean, style, marker="o", ms=3, label=method, color=colours[method])
                 ax.fill_between(pts, [np.nanmin(v) for v in vals], [np.nanmax(v) for v in vals],
-                                color=line.get_color(), alpha=0.12)
+                                color=colours[method], alpha=0.12)
             ax.set(xlabel=x.replace("_", " "), ylabel=metric, title=f"{ds}: {metric}")
             ax.grid(alpha=0.3)
         axes[i, 0].legend(fontsize=7)
