@@ -89,11 +89,13 @@ def make_optimizer(model: torch.nn.Module, values: dict, steps: int,
         ids = {id(p) for p in encoder_params}
         params = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr},
                   {"params": list(encoder_params), "lr": lr * float(values["encoder_lr_scale"])}]
-    warmup = int(values.get("warmup_steps", 0))
-    if warmup and (values["schedule"] == "onecycle" or warmup >= steps):
-        raise ArborsegError(f"warmup_steps {warmup} " + ("cannot be combined with schedule onecycle (it warms up "
-                            "itself): set one of them" if values["schedule"] == "onecycle" else
-                            f"must be below the schedule's horizon of {steps} steps: lower it or train longer"))
+    warmup = int(values["warmup_steps"])
+    if warmup and values["schedule"] == "onecycle":
+        raise ArborsegError(f"warmup_steps {warmup} cannot be combined with schedule onecycle (it warms up itself): "
+                            "set one of them")
+    if warmup and warmup >= steps:
+        raise ArborsegError(f"warmup_steps {warmup} must be below the schedule's horizon of {steps} steps: lower it "
+                            "or train longer")
     optimizer: torch.optim.Optimizer
     if values["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(params, lr=lr, weight_decay=decay, momentum=SGD_MOMENTUM, nesterov=True)
