@@ -67,6 +67,7 @@ from arborseg.space.encoder_init import start_from
 from arborseg.train.settings import TrainSettings
 from arborseg.train.trainer import Trainer
 from arborseg.tree import ModuleTree
+from arborseg.viz.figures import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -216,7 +217,8 @@ def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Pat
             finished = json.loads(path.read_text())
             if all(finished.get(k) == v for k, v in run_identity(args, init).items()):
                 if init == "pretrained" and "budget_half_miou" not in finished:
-                    finished.update(half_budget(dataset, labels, seed, encoder, args, folder))
+                    finished.update(half_budget(tree_with_init(str(encoder)), data_with_labels(dataset, labels),
+                                                seed, args, folder))
                     done.parent.mkdir(parents=True, exist_ok=True)
                     done.write_text(json.dumps(finished, indent=1))
                 keep_row(args, record, finished)
@@ -237,7 +239,7 @@ def run_one(dataset: str, labels: int | None, init: str, seed: int, encoder: Pat
     row.update(score(trainer))
     row["seconds"] = round(time.perf_counter() - started, 1)
     if init == "pretrained":
-        row.update(half_budget(dataset, labels, seed, encoder, args, folder))
+        row.update(half_budget(tree, data, seed, args, folder))
     done.write_text(json.dumps(row, indent=1))
     keep_row(args, record, row)
     print(f"{dataset} labels {name} {init} seed {seed}: mIoU {row['miou']:.4f}"
@@ -254,12 +256,11 @@ def settings_base(args: argparse.Namespace, seed: int, steps: int, init: str) ->
             "objective": "miou", "overlays": False, "overrides": overrides, "num_threads": args.threads}
 
 
-def half_budget(dataset: str, labels: int | None, seed: int, encoder: Path, args: argparse.Namespace,
-                folder: Path) -> dict[str, float]:
-    """The pre-trained start trained for ``steps / 2`` on a schedule planned for them: its scores."""
+def half_budget(tree: ModuleTree, data: DataConfig, seed: int, args: argparse.Namespace, folder: Path
+                ) -> dict[str, float]:
+    """The pre-trained start ``tree`` trained for ``steps / 2`` on a schedule planned for them: its scores."""
     steps = args.steps // 2
-    trainer = Trainer(tree_with_init(str(encoder)), data_with_labels(dataset, labels),
-                      TrainSettings(steps=steps, **settings_base(args, seed, steps, "pretrained")),
+    trainer = Trainer(tree, data, TrainSettings(steps=steps, **settings_base(args, seed, steps, "pretrained")),
                       folder / "half_budget", progress=False)
     trainer.fit()
     return {f"budget_half_{k}": v for k, v in score(trainer).items()}
@@ -325,10 +326,7 @@ def plot(summary: list[dict[str, Any]], path: Path, method: str = "MoCo v2", rec
         ax.set_title(dataset, fontsize=10)
         ax.legend(frameon=False, fontsize=8)
     fig.suptitle(f"label efficiency, pre-trained by {method}" + RECIPES[recipe]["section"], fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, 110)
 
 
 def goal_line(summary: list[dict[str, Any]]) -> str:
@@ -439,16 +437,15 @@ def main(argv: list[str] | None = None) -> None:
     pre_dir = pretrain_dir(args)
     summary_file = pre_dir / "summary.json"
     kept = RESULTS / f"{METHODS[args.method]['stem']}_runs" / "pretrain_summary.json"
-    recorded = [row_record(args, d, f"{n or 'all'}", start_name(i, args.method, args.recipe), s)
-                for d, n, i, s in jobs if i != "random"]
     if args.collect_only:
         if not kept.exists():
             raise SystemExit(f"--collect-only: no pre-training kept in {kept}; run without it first")
         pre = json.loads(kept.read_text())
     elif summary_file.exists() and json.loads(summary_file.read_text())["steps"] >= args.pretrain_steps:
         pre = json.loads(summary_file.read_text())
-    elif kept.exists() and all(r.exists() and "budget_half_miou" in json.loads(r.read_text()) for r in recorded):
-        # every pre-trained run is kept whole: no encoder needed
+    elif kept.exists() and all("budget_half_miou" in (kept_row(args, *job) or {}) for job in jobs
+                               if job[2] != "random"):
+        # every pre-trained run is kept whole, for these settings: no encoder needed
         pre = json.loads(kept.read_text())
     else:
         torch.set_num_threads(max(1, args.workers * args.threads))
